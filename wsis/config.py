@@ -1,0 +1,143 @@
+"""Typed configs: dataclasses whose defaults are a paper's values, read from YAML, overridden by
+``key=value`` pairs on the command line (``optim.lr=0.001``). Unknown keys and ill-typed values are
+input errors naming the file, so a typo never silently trains with a default."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from wsis.errors import InputError
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where, source)
+            except InputError as e:
+                errors.append(e)
+        raise errors[0] if errors else InputError(source, f"{where}: cannot be {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(source, f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, source, prefix=where + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(source, f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise InputError(source, f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, where, source) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, where, source) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(source, f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Literal:
+        if value not in args:
+            raise InputError(source, f"{where}: must be one of {list(args)}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise InputError(source, f"{where}: expected true/false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise InputError(source, f"{where}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise InputError(source, f"{where}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise InputError(source, f"{where}: expected a string, got {value!r}")
+    if tp is Path:
+        return Path(str(value))
+    return value
+
+
+def _build(cls: type[T], data: dict, source: str, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(source, f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise InputError("command line", f"override '{key}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def to_dict(cfg: Any) -> dict:
+    """Config -> plain dict (Paths as str), for YAML/JSON dumps next to results."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Defaults of ``cls``, updated by the YAML file at ``path``, then by ``key=value`` overrides."""
+    tree: dict = to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(path, f"malformed YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise InputError(path, "a config file must be a mapping of keys to values")
+        _merge(tree, data)
+    for item in overrides:
+        if "=" not in item:
+            raise InputError("command line", f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return _build(cls, tree, str(path) if path is not None else "command line")
+
+
+def _merge(base: dict, update: dict) -> None:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
