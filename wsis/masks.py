@@ -60,9 +60,14 @@ def decode_many(rles: Sequence[RLE], size: tuple[int, int] | None = None) -> np.
 
 
 def area(rles: Sequence[RLE]) -> np.ndarray:
+    """Pixel counts (N,) float64."""
     if len(rles) == 0:
         return np.zeros(0, dtype=np.float64)
-    return mask_utils.area([_for_coco(r) for r in rles]).astype(np.float64)
+    coco = [_for_coco(r) for r in rles]
+    # pycocotools' area() sizes its output with a uint8 (fails for > 255 masks under NumPy 2): chunk.
+    return np.concatenate(
+        [mask_utils.area(coco[i:i + 255]) for i in range(0, len(coco), 255)]
+    ).astype(np.float64)
 
 
 def to_bbox(rles: Sequence[RLE]) -> np.ndarray:
