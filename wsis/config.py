@@ -135,6 +135,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return _build(cls, tree, str(path) if path is not None else "command line")
 
 
+def from_dict(cls: type[T], data: dict, source: str = "config") -> T:
+    """Defaults of ``cls`` updated by a (possibly partial) nested dict, e.g. a config saved with a model."""
+    tree: dict = to_dict(cls())
+    _merge(tree, data)
+    return _build(cls, tree, source)
+
+
 def _merge(base: dict, update: dict) -> None:
     for k, v in update.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
