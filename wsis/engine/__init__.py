@@ -1,0 +1,7 @@
+"""Training engine: the shared loop, checkpoints and torch.distributed helpers."""
+from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
+from wsis.engine.distributed import DistInfo, init_distributed, pick_device
+from wsis.engine.trainer import EpochSampler, Trainer
+
+__all__ = ["DistInfo", "EpochSampler", "Trainer", "init_distributed", "load_checkpoint", "pick_device",
+           "save_checkpoint"]
