@@ -26,6 +26,7 @@ from functools import partial
 from typing import Iterator, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wsis.cues.prm import PRMNet, peak_stimulation
@@ -82,6 +83,8 @@ def _positive_twin(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 def _peak_conv_forward(conv: nn.Conv2d, twin: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Generic path for Conv2d subclasses whose padding this module does not know: the rule built
+    from autograd's own conv backward (correct, but vmap runs that backward once per peak)."""
     offset = x.detach().amin(dim=tuple(range(1, x.ndim)), keepdim=True)
     shifted = _ShiftWithInputGain.apply(x, offset)
     norm = type(twin).forward(twin, shifted)
@@ -89,6 +92,143 @@ def _peak_conv_forward(conv: nn.Conv2d, twin: nn.Conv2d, x: torch.Tensor) -> tor
         value = type(conv).forward(conv, x)
         inv_norm = torch.where(norm < EPS, 0.0, 1.0 / (norm.abs() + EPS))
     return _ValueWithNormalisedGrad.apply(value, norm, inv_norm)
+
+
+class _PeakConv2d(torch.autograd.Function):
+    """A zero-padded conv whose backward is the rule written out with ``conv_transpose2d``.
+
+    vmap batches ``conv_transpose2d`` (a forward op) by folding the peaks into the batch dimension,
+    whereas autograd's ``convolution_backward`` has no batching rule and would run once per peak.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, pos_weight, shifted, inv_norm, pads, stride, dilation, groups):
+        return F.conv2d(F.pad(x, pads), weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, _, _, pos_weight, shifted, inv_norm, pads, stride, dilation, groups = inputs
+        ctx.save_for_backward(pos_weight, shifted, inv_norm)
+        ctx.conf = (pads, stride, dilation, groups, tuple(x.shape[-2:]))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pos_weight, shifted, inv_norm = ctx.saved_tensors
+        (left, right, top, bottom), stride, dilation, groups, (h, w) = ctx.conf
+        in_shape = (shifted.shape[1], h + top + bottom, w + left + right)
+        g = _ConvInputGrad.apply(grad * inv_norm, pos_weight, in_shape, stride, groups, dilation)
+        if top or bottom or left or right:  # crop the padding (a no-op slice would be an alias vmap rejects)
+            g = g.narrow(-2, top, h).narrow(-1, left, w)
+        return g * shifted, None, None, None, None, None, None, None, None, None
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """The input gradient of a conv (what autograd's conv backward computes) as a Function with an
+    explicit vmap rule folding the peaks into the batch dimension, so that all peaks go through one
+    call of the backend's backward-data kernel."""
+
+    @staticmethod
+    def forward(g, weight, in_shape, stride, groups, dilation):
+        return torch.nn.grad.conv2d_input((g.shape[0],) + tuple(in_shape), weight, g, stride, 0, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("peak backpropagation is not differentiable twice")
+
+    @staticmethod
+    def vmap(info, in_dims, g, weight, in_shape, stride, groups, dilation):
+        if in_dims[1] is not None:
+            raise RuntimeError("peak backpropagation batches gradients, not weights")
+        g = g.movedim(in_dims[0], 0)
+        k, n = g.shape[:2]
+        out = torch.nn.grad.conv2d_input((k * n,) + tuple(in_shape), weight, g.reshape(k * n, *g.shape[2:]),
+                                         stride, 0, dilation, groups)
+        return out.reshape(k, n, *out.shape[1:]), 0
+
+
+class _PiecewiseLinear(torch.autograd.Function):
+    """An activation's value with the backward ``grad * slope``, for piecewise-linear activations
+    (ReLU, ReLU6) whose slope is a 0/1 mask: a product, which vmap batches."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, value, slope):
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        slope, = ctx.saved_tensors
+        return grad * slope, None, None
+
+
+def _activation(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(act, nn.Identity):
+        return x
+    if isinstance(act, (nn.ReLU, nn.ReLU6)):
+        with torch.no_grad():
+            top = 6.0 if isinstance(act, nn.ReLU6) else float("inf")
+            value = x.clamp(0.0, top)
+            slope = ((x > 0) & (x < top)).to(x.dtype)
+        return _PiecewiseLinear.apply(x, value, slope)
+    return act(x)
+
+
+def _input_pads(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(left, right, top, bottom) zero padding that ``conv`` applies to ``x``; None if unknown."""
+    if conv.padding_mode != "zeros":
+        return None
+    if type(conv).forward is nn.Conv2d.forward:
+        return tuple(int(p) for p in conv._reversed_padding_repeated_twice)  # F.pad order
+    if type(conv).__name__ == "Conv2dSame":  # timm: TensorFlow "same" padding computed per input size
+        pads = []
+        for size, k, s, d in zip(x.shape[-2:], conv.kernel_size, conv.stride, conv.dilation):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return (pads[1][0], pads[1][1], pads[0][0], pads[0][1])
+    return None
+
+
+def _fast_peak_conv_forward(conv: nn.Conv2d, twin: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    pads = _input_pads(conv, x)
+    if pads is None:
+        return _peak_conv_forward(conv, twin, x)
+    with torch.no_grad():
+        shifted = x - x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
+        norm = F.conv2d(F.pad(shifted, pads), twin.weight, None, conv.stride, 0, conv.dilation, conv.groups)
+        inv_norm = torch.where(norm < EPS, 0.0, 1.0 / (norm.abs() + EPS))
+    return _PeakConv2d.apply(x, conv.weight, conv.bias, twin.weight, shifted, inv_norm, pads,
+                             tuple(conv.stride), tuple(conv.dilation), conv.groups)
+
+
+def _affine_batchnorm_forward(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode batch norm as a per-channel multiply-add (plus timm's fused drop/activation):
+    the same values, but a backward that vmap batches (``native_batch_norm_backward`` has no rule)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    y = x * scale[:, None, None] + shift[:, None, None]
+    if type(bn).__name__ == "BatchNormAct2d":
+        y = _activation(bn.act, bn.drop(y))
+    return y
+
+
+def _affine_batchnorm_applies(bn: nn.Module) -> bool:
+    known = type(bn).forward is nn.BatchNorm2d.forward or type(bn).__name__ == "BatchNormAct2d"
+    return isinstance(bn, nn.BatchNorm2d) and known and bn.running_var is not None
 
 
 @contextmanager
@@ -103,7 +243,10 @@ def peak_backprop(model: nn.Module) -> Iterator[nn.Module]:
             if isinstance(module, nn.Conv2d):
                 # An instance attribute shadows the class's forward; nn.Module.__call__ looks it up.
                 patched.append((module, module.__dict__.get("forward")))
-                module.forward = partial(_peak_conv_forward, module, _positive_twin(module))
+                module.forward = partial(_fast_peak_conv_forward, module, _positive_twin(module))
+            elif _affine_batchnorm_applies(module):
+                patched.append((module, module.__dict__.get("forward")))
+                module.forward = partial(_affine_batchnorm_forward, module)
         yield model
     finally:
         for module, previous in patched:
@@ -128,20 +271,29 @@ def _one_hots(shape: torch.Size, peaks: torch.Tensor, dtype: torch.dtype, device
     return onehots
 
 
-def backprop_peaks(crm: torch.Tensor, image: torch.Tensor, peaks: torch.Tensor, *,
-                   batched: bool = True, chunk: int = 16) -> torch.Tensor:
-    """Input gradients (K, 3, H, W) of one-hots at ``peaks`` of ``crm``, built from ``image`` by one
-    forward pass inside :func:`peak_backprop`. Batched: one vmapped backward per ``chunk`` peaks;
-    otherwise one backward per peak. The graph is kept, so the call can be repeated."""
-    step = chunk if batched else 1
+def backprop_peaks(crm: torch.Tensor, image: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:
+    """Input gradients (K, 3, H, W) of one-hots at ``peaks`` of ``crm``, built from ``image`` by a
+    forward pass inside :func:`peak_backprop`: the reference's loop, one backward per peak. The
+    graph is kept, so the call can be repeated."""
     grads = []
-    for start in range(0, len(peaks), step):
-        onehots = _one_hots(crm.shape, peaks[start:start + step], crm.dtype, crm.device)
-        if batched:
-            g, = torch.autograd.grad(crm, image, onehots, retain_graph=True, is_grads_batched=True)
-        else:
-            g, = torch.autograd.grad(crm, image, onehots[0], retain_graph=True)
-            g = g[None]
+    for k in range(len(peaks)):
+        onehot = _one_hots(crm.shape, peaks[k:k + 1], crm.dtype, crm.device)[0]
+        g, = torch.autograd.grad(crm, image, onehot, retain_graph=True)
+        grads.append(g)
+    return torch.cat(grads)
+
+
+def backprop_peaks_vmap(vjp_fn, crm_shape: torch.Size, peaks: torch.Tensor, *, chunk: int = 16,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The same gradients from ``vjp_fn`` (``torch.func.vjp`` of the CRM inside
+    :func:`peak_backprop`), vmapped over the peaks' one-hots: one batched backward per ``chunk``
+    peaks. The custom Functions above give every conv and batch norm a batching rule, so the
+    peaks travel through the backward as a batch dimension (``is_grads_batched`` uses the legacy
+    vmap, which loops over samples for convolutions)."""
+    grads = []
+    for start in range(0, len(peaks), chunk):
+        onehots = _one_hots(crm_shape, peaks[start:start + chunk], dtype, peaks.device)
+        g, = torch.func.vmap(vjp_fn)(onehots)
         grads.append(g[:, 0])
     return torch.cat(grads)
 
@@ -183,20 +335,28 @@ def peak_response_maps(model: PRMNet, image: torch.Tensor, peaks: torch.Tensor |
         raise ValueError(f"peak_response_maps takes one image (1, 3, H, W), got {tuple(image.shape)}")
     if batch_mode not in ("vmap", "expand"):
         raise ValueError(f"batch_mode must be 'vmap' or 'expand', got {batch_mode!r}")
-    expand = batched and batch_mode == "expand"
     with peak_backprop(model):
-        image = image.detach().requires_grad_(not expand)
-        with torch.set_grad_enabled(not expand):
+        image = image.detach()
+        vjp_fn = None
+        if batched and batch_mode == "vmap":
+            crm, vjp_fn = torch.func.vjp(model.crm, image)
+        elif batched:  # "expand": the graph is built per chunk of peaks
+            with torch.no_grad():
+                crm = model.crm(image)
+        else:
+            image.requires_grad_(True)
             crm = model.crm(image)
         if peaks is None:
             peaks = _select_peaks(model, crm.detach(), class_threshold, peak_threshold)
         peaks = peaks.to(crm.device)
         if len(peaks) == 0:
             grads = image.new_zeros((0,) + tuple(image.shape[1:]))
-        elif expand:
+        elif vjp_fn is not None:
+            grads = backprop_peaks_vmap(vjp_fn, crm.shape, peaks, chunk=chunk, dtype=crm.dtype)
+        elif batched:
             grads = backprop_peaks_expanded(model, image, peaks, chunk=chunk)
         else:
-            grads = backprop_peaks(crm, image, peaks, batched=batched, chunk=chunk)
+            grads = backprop_peaks(crm, image, peaks)
         prms = normalise_prms(grads)
     return peaks, prms.detach(), crm.detach()[0]
 
