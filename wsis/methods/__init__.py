@@ -1,0 +1,34 @@
+"""Methods: one module per system, each with ``fit(records, config, overrides, workdir)`` returning a
+predictor and ``load(workdir)`` restoring one; predictors have ``predict(record) -> Instances`` and
+``predict_records(records) -> {image_id: Instances}``. Modules are imported on demand so that the
+CLI starts fast and a method's heavy dependencies load only when it runs."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+
+from wsis.errors import InputError
+
+METHODS: dict[str, str] = {
+    "prm": "wsis.methods.prm",
+}
+
+
+def get_method(name: str) -> ModuleType:
+    if name not in METHODS:
+        raise InputError("command line", f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
+    return importlib.import_module(METHODS[name])
+
+
+def load_trained(workdir: str | Path):
+    """The predictor saved in a training workdir, whatever its method."""
+    meta = Path(workdir) / "method.json"
+    if not meta.is_file():
+        raise InputError(workdir, "not a trained workdir (method.json missing; did training finish?)")
+    try:
+        name = json.loads(meta.read_text())["method"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise InputError(meta, f"malformed method file ({e})") from None
+    return get_method(name).load(workdir)
