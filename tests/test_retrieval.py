@@ -30,7 +30,8 @@ def test_scores_by_hand_without_contour():
         _box(h, w, 2, 3, 2, 3),  # 1 px: 1/9 mass
         np.ones((h, w), bool),  # 100% of the image: skipped by the 85% limit
     ])
-    cfg = RetrievalConfig(balance_factor=0.8, penalty_factor=0.01, bg_threshold_factor=0.5, contour_width=1)
+    cfg = RetrievalConfig(balance_factor=0.8, penalty_factor=0.01, bg_threshold_factor=0.5, contour_width=1,
+                          penalty_reference_area=None)
     s = proposal_scores(prm[None], np.array([0]), class_map, masks, cfg)[0]
     np.testing.assert_allclose(s[:3], [0.8, 0.8 - 0.27, 0.8 / 9], rtol=1e-5)
     assert s[3] == -np.inf
@@ -62,3 +63,15 @@ def test_instance_nms_class_aware_keeps_other_class():
     assert keep.tolist() == [0, 1]
     keep, _ = instance_nms(np.array([0.9, 0.8]), masks, None, 0.3)
     assert keep.tolist() == [0]
+
+
+def test_penalty_rescaled_to_reference_area():
+    h = w = 10
+    prm = np.zeros((1, h, w), np.float32)
+    class_map = np.zeros((1, h, w), np.float32)
+    class_map[0, :5] = 1.0  # mean 0.5: background = the lower 50 pixels
+    mask = np.ones((1, h, w), bool)
+    mask[0, 0, 0] = False  # 99 px: 99% of the image, so the size limit is lifted to 1.0 below
+    cfg = RetrievalConfig(penalty_factor=0.01, contour_width=1, size_limit=(0.0, 1.0), penalty_reference_area=400)
+    # 50 background pixels * 0.01 * 400 / 100 = 2.0
+    np.testing.assert_allclose(proposal_scores(prm, np.array([0]), class_map, mask, cfg)[0, 0], -2.0)

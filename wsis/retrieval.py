@@ -27,6 +27,10 @@ class RetrievalConfig:
 
     balance_factor: float = 0.8  # a: weight of the PRM mass inside the proposal
     penalty_factor: float = 1e-5  # b: weight of the background pixels inside the proposal
+    # The reference scores at 448 x 448, where b = 1e-5 weighs a full-image background at ~2 (the
+    # PRM mass is ~1). To keep that balance at any scoring resolution, b is rescaled by
+    # penalty_reference_area / (H * W); None applies b per pixel as the reference code does.
+    penalty_reference_area: int | None = 448 * 448
     bg_threshold_factor: float = 0.95  # f: background = class response < f * mean response
     contour_width: int = 5
     size_limit: tuple[float, float] = (0.00002, 0.85)  # fraction of the image area
@@ -85,7 +89,10 @@ def proposal_scores(
     classes, inverse = np.unique(peak_classes, return_inverse=True)
     bg = background_maps(class_maps[classes], cfg.bg_threshold_factor)
     bg_inside = _chunked_products(bg, masks)[inverse]
-    scores = cfg.balance_factor * inside + on_contour - cfg.penalty_factor * bg_inside
+    penalty = cfg.penalty_factor
+    if cfg.penalty_reference_area is not None:
+        penalty *= cfg.penalty_reference_area / float(h * w)
+    scores = cfg.balance_factor * inside + on_contour - penalty * bg_inside
     areas = masks.reshape(len(masks), -1).sum(axis=1)
     too_big_or_small = (areas >= cfg.size_limit[1] * h * w) | (areas < cfg.size_limit[0] * h * w)
     scores[:, too_big_or_small] = -np.inf
@@ -158,25 +165,39 @@ def retrieve(
     """Best proposal per peak, then instance NMS (see module docstring)."""
     cfg = cfg or RetrievalConfig()
     peak_classes = np.asarray(peak_classes, dtype=np.int64)
-    empty = Retrieved(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                      np.zeros((0,) + prms.shape[1:], np.float32))
     if len(prms) == 0 or len(masks) == 0:
-        return empty
+        return _empty(prms)
     scores = proposal_scores(prms, peak_classes, class_maps, masks, cfg, contours)
+    return select_instances(scores, prms, peak_classes, masks, cfg.nms_threshold,
+                            merge=cfg.merge_peak_response, class_aware=cfg.class_aware_nms)
+
+
+def _empty(prms: np.ndarray) -> Retrieved:
+    return Retrieved(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                     np.zeros((0,) + prms.shape[1:], np.float32))
+
+
+def select_instances(scores: np.ndarray, prms: np.ndarray, peak_classes: np.ndarray, masks: np.ndarray,
+                     nms_threshold: float | None, merge: bool = True, class_aware: bool = False) -> Retrieved:
+    """From (K, P) scores: each peak's best proposal (peaks whose every proposal is -inf are dropped),
+    then instance NMS at ``nms_threshold`` (None: no NMS, sorted by score)."""
+    peak_classes = np.asarray(peak_classes, dtype=np.int64)
+    if scores.size == 0:
+        return _empty(prms)
     best = scores.argmax(axis=1)
     best_score = scores[np.arange(len(prms)), best]
     valid = np.isfinite(best_score)
     if not valid.any():
-        return empty
+        return _empty(prms)
     peaks = np.flatnonzero(valid)
     best, best_score = best[valid], best_score[valid]
     chosen = masks[best]
-    if cfg.nms_threshold is None:
+    if nms_threshold is None:
         keep = np.argsort(-best_score, kind="stable")
         kept_prms = prms[peaks][keep]
     else:
         keep, kept_prms = instance_nms(
-            best_score, chosen, prms[peaks], cfg.nms_threshold,
-            labels=peak_classes[peaks] if cfg.class_aware_nms else None, merge=cfg.merge_peak_response,
+            best_score, chosen, prms[peaks], nms_threshold,
+            labels=peak_classes[peaks] if class_aware else None, merge=merge,
         )
     return Retrieved(best_score[keep], peak_classes[peaks][keep], best[keep], peaks[keep], kept_prms)
