@@ -76,12 +76,16 @@ class TagDataset(Dataset):
 
     ``normalize`` is usually ``backbone.normalize``; without it images stay in [0, 1]. Tags outside
     ``category_ids`` are an error unless ``ignore_unknown`` (training on a subset of classes).
+    ``image_transform(index, image)``, when given, edits the resized (3, S, S) [0, 1] image before
+    the flip and the normalisation (MSER erases images this way without writing copies).
     """
 
     def __init__(self, records: Sequence[ImageRecord], category_ids: Sequence[int], image_size: int = PRM_IMAGE_SIZE,
                  train: bool = True, normalize: Normalizer | None = None, seed: int = 0,
-                 ignore_unknown: bool = False) -> None:
+                 ignore_unknown: bool = False,
+                 image_transform: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> None:
         self.records = list(records)
+        self.image_transform = image_transform
         self.category_ids = [int(c) for c in category_ids]
         self.targets = tag_targets(self.records, self.category_ids, ignore_unknown)
         self.image_size, self.train, self.normalize, self.seed = int(image_size), train, normalize, seed
@@ -96,6 +100,8 @@ class TagDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = resize_square(load_image(self.records[index].path), self.image_size)
+        if self.image_transform is not None:
+            x = self.image_transform(index, x)
         if self.train and flip_decision(self.seed, self.epoch, index):
             x = x.flip(-1)
         if self.normalize is not None:

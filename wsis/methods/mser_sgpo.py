@@ -1,0 +1,381 @@
+"""MSER + SGPO (Hu et al., "Weakly supervised instance segmentation using multi-stage erasing
+refinement and saliency-guided proposals ordering", 2021) as a method.
+
+Training (Algorithm 1, multi-stage erasing refinement), for t = 1..T:
+1. train a PRM classifier on the tags of the stage's images I^t (I^1 = the originals) in
+   ``workdir/stage{t}`` (the shared :class:`~wsis.engine.Trainer`: an interrupted stage resumes);
+2. if t < T: for every training image, the stage's network computes the PRMs of the peaks of the
+   image's *tagged* classes on I^t (the labels are known at training time; peaks of absent classes
+   would erase arbitrary pixels), thresholds them at delta (Eq. 2) and erases the union (Eq. 3):
+   the cumulative mask of I^{t+1} = mask of I^t OR the new regions, stored per image as packed bits
+   in ``workdir/stage{t}/erase/<image_id>.npz`` and applied when the next stage loads the image
+   (:mod:`wsis.cues.erasing` for delta's scale and the erase colour). Finished stages (``model.pt``)
+   and finished masks are not recomputed when a killed run is started again.
+
+Inference (EPRM + SGPO), per image:
+1. each of the T networks gives its peaks (class score >= ``prm.class_threshold``, at most
+   ``max_peaks_per_class`` per class) and their PRMs, the peaks of one network in one batched
+   backward pass (``peak_backprop``); the networks run one after the other -- they have different
+   weights, so their graphs cannot share a pass;
+2. fusion into the enhanced PRM (the paper does not say how; Section 3.3 says that the regions of
+   the stages "will be separately assigned a proposal" and that NMS "will combine these highly
+   overlapped proposals"): ``fusion="union"`` (default) keeps every peak of every stage as an
+   instance representation and lets the merging NMS combine the parts; ``fusion="match"`` adds the
+   PRM of each later-stage peak to the nearest stage-1 peak of the same class within
+   ``match_radius`` (fraction of the map side) and renormalises, unmatched peaks staying separate;
+3. scoring of the proposals (cached on disk) per representation: ``scoring="sgpo"`` (Eqs. 4-8,
+   :mod:`wsis.sgpo`) or ``scoring="prm"`` (PRM's retrieval, :mod:`wsis.retrieval`); each
+   representation's class-aware term uses the class map of the network that produced it; best
+   proposal per representation, then instance NMS with PRM merging.
+
+Ablation rows of the paper's Table 7: PRM = ``stages=1 scoring=prm``, PRM+MSER = ``stages=2
+scoring=prm``, PRM+SGPO = ``stages=1 scoring=sgpo``, PRM+MSER+SGPO = ``stages=2 scoring=sgpo``.
+A predictor trained with T stages also predicts with its first k (:meth:`MSERSGPOPredictor.variant`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsis import masks as mask_ops
+from wsis.backbones import create_backbone
+from wsis.config import from_dict, load_config, to_dict
+from wsis.cues.erasing import (EraseTransform, ErasingConfig, apply_erase, erase_mask, fill_value, load_mask,
+                               save_mask)
+from wsis.cues.peak_backprop import peak_response_maps
+from wsis.cues.prm import PRMNet, peak_stimulation, prm_loss, prm_optimizer
+from wsis.cues.saliency import get_saliency
+from wsis.data.images import atomic_write, load_image
+from wsis.data.torch_data import TagDataset, resize_square
+from wsis.engine import Trainer, pick_device
+from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
+from wsis.errors import InputError
+from wsis.methods.prm import PRMMethodConfig, PRMPredictor, _resize_masks_nearest
+from wsis.retrieval import retrieve
+from wsis.sgpo import SGPOConfig, sgpo_retrieve
+from wsis.structures import ImageRecord, Instances, RecordSet
+
+
+@dataclass
+class MSERSGPOConfig(PRMMethodConfig):
+    """PRM's settings (backbone, classifier schedule, peaks, proposals, PRM retrieval) plus MSER's and SGPO's."""
+
+    stages: int = 2  # T, the paper's default
+    erasing: ErasingConfig = field(default_factory=ErasingConfig)
+    fusion: Literal["union", "match"] = "union"
+    match_radius: float = 0.1
+    scoring: Literal["sgpo", "prm"] = "sgpo"
+    sgpo: SGPOConfig = field(default_factory=SGPOConfig)
+
+
+MODEL_FILE = "model.pt"
+META_FILE = "method.json"
+STAGE_FILE = "stage.json"
+ERASE_DIR = "erase"
+ERASE_SETTINGS = "settings.json"
+
+
+# -- peaks ---------------------------------------------------------------------------------------
+
+def top_peaks(peaks: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor, peak_threshold: float,
+              max_per_class: int) -> torch.Tensor:
+    """The (K, 4) peaks of allowed classes with value > threshold, at most ``max_per_class`` per class
+    (highest first), in their original order."""
+    keep = allowed[peaks[:, 1]] & (values > peak_threshold)
+    idx = torch.nonzero(keep).flatten()
+    if len(idx) == 0:
+        return peaks[:0]
+    # rank of each peak within its class by descending value: sort by (class, -value)
+    order = idx[torch.argsort(values[idx], descending=True, stable=True)]
+    order = order[torch.argsort(peaks[order, 1], stable=True)]
+    classes = peaks[order, 1]
+    first = torch.searchsorted(classes, classes, side="left")
+    rank = torch.arange(len(order), device=peaks.device) - first
+    return peaks[order[rank < max_per_class].sort().values]
+
+
+@torch.no_grad()
+def select_peaks(model: PRMNet, x: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig) -> torch.Tensor:
+    """Peaks of one image (1, 3, S, S) whose class is ``allowed`` (C,) bool, or, when None, whose
+    class score is >= ``prm.class_threshold`` (inference)."""
+    crm = model.crm(x)
+    peaks, values = model.find_peaks(crm)
+    if allowed is None:
+        allowed = peak_stimulation(crm, model.win_size, model.peak_filter)[0] >= cfg.prm.class_threshold
+    return top_peaks(peaks, values, allowed.to(peaks.device), cfg.peak_threshold, cfg.max_peaks_per_class)
+
+
+def _batched(cfg: MSERSGPOConfig, device: torch.device) -> bool:
+    return cfg.peak_backprop == "batched" or (cfg.peak_backprop == "auto" and device.type == "cuda")
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
+        workdir: str | Path = "runs/mser_sgpo") -> "MSERSGPOPredictor":
+    """Algorithm 1: T classifiers, each trained on the images erased by the previous ones."""
+    cfg = load_config(MSERSGPOConfig, config, list(overrides))
+    if cfg.stages < 1:
+        raise InputError(config or "command line", f"stages must be >= 1, got {cfg.stages}")
+    workdir = Path(workdir)
+    category_ids = sorted(records.categories)
+    if not any(r.tags for r in records):
+        raise InputError(records.name or "dataset", "no image has tags: MSER trains on image-level labels")
+    recs = list(records.records)
+    masks: list[Path | None] = [None] * len(recs)
+    models, started = [], time.perf_counter()
+    for t in range(1, cfg.stages + 1):
+        stage_dir = workdir / f"stage{t}"
+        model = train_stage(recs, category_ids, cfg, stage_dir, masks, t)
+        models.append(model)
+        if t < cfg.stages:
+            masks = erase_stage(model, recs, category_ids, cfg, stage_dir, masks)
+    meta = {"method": "mser_sgpo", "config": to_dict(cfg), "category_ids": category_ids,
+            "categories": {str(k): v for k, v in records.categories.items()},
+            "train_seconds_this_run": time.perf_counter() - started}
+    with atomic_write(workdir / META_FILE) as f:
+        json.dump(meta, f, indent=2)
+    return MSERSGPOPredictor(models, cfg, category_ids, records.categories, workdir)
+
+
+def _stage_settings(cfg: MSERSGPOConfig, t: int, num_images: int) -> dict:
+    """What a stage's network depends on; a finished stage is reused only if this matches."""
+    plain = to_dict(cfg)
+    train = {k: plain[k] for k in ("backbone", "pretrained", "seed", "prm")}
+    erased = None if t == 1 else {"erasing": to_dict(cfg.erasing), "peak_threshold": cfg.peak_threshold,
+                                   "max_peaks_per_class": cfg.max_peaks_per_class}
+    return {"stage": t, "images": num_images, "train": train, "erased_by_earlier_stages": erased}
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"malformed JSON: {e}") from None
+        if found != json.loads(json.dumps(settings)):
+            raise InputError(path, "this stage was made with other settings; use another workdir")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            json.dump(settings, f, indent=2)
+
+
+def build_model(cfg: MSERSGPOConfig, num_classes: int, pretrained: bool | str | None = None) -> PRMNet:
+    backbone = create_backbone(cfg.backbone, cfg.pretrained if pretrained is None else pretrained)
+    return PRMNet(backbone, num_classes, sub_pixel_factor=cfg.prm.sub_pixel_factor, win_size=cfg.prm.win_size,
+                  peak_filter=cfg.prm.peak_filter)
+
+
+def train_stage(recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOConfig, stage_dir: Path,
+                masks: list[Path | None], t: int) -> PRMNet:
+    """Stage t's classifier on the images erased by ``masks`` (None = original); a finished stage loads."""
+    _check_settings(stage_dir / STAGE_FILE, _stage_settings(cfg, t, len(recs)))
+    if (stage_dir / MODEL_FILE).is_file():
+        return load_stage_model(stage_dir, cfg, len(category_ids))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, len(category_ids))
+    transform = None
+    if any(m is not None for m in masks):
+        transform = EraseTransform(masks, fill_value(cfg.erasing.fill, model.backbone.mean))
+    dataset = TagDataset(recs, category_ids, image_size=cfg.prm.image_size, train=cfg.prm.hflip,
+                         normalize=model.backbone.normalize, seed=cfg.seed, image_transform=transform)
+
+    def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
+        images, targets = batch
+        return prm_loss(net(images), targets)
+
+    Trainer(model, prm_optimizer(model, cfg.prm), step_fn=step, workdir=stage_dir, epochs=cfg.prm.epochs,
+            device=cfg.device, seed=cfg.seed, batch_size=cfg.prm.batch_size, num_workers=cfg.num_workers,
+            config={"method": "mser_sgpo", "stage": t, "config": to_dict(cfg)}).fit(dataset)
+    save_checkpoint(stage_dir / MODEL_FILE, {"model": model.state_dict()})
+    return model
+
+
+def load_stage_model(stage_dir: Path, cfg: MSERSGPOConfig, num_classes: int) -> PRMNet:
+    model = build_model(cfg, num_classes, pretrained=False)
+    model.load_state_dict(load_checkpoint(stage_dir / MODEL_FILE)["model"])
+    return model
+
+
+def stage_image(record: ImageRecord, size: int, mask_path: Path | None, fill: torch.Tensor) -> torch.Tensor:
+    """(3, S, S) image I^t in [0, 1]: the original resized, erased by the cumulative mask of I^t."""
+    x = resize_square(load_image(record.path), size)
+    if mask_path is None:
+        return x
+    return apply_erase(x, torch.from_numpy(load_mask(mask_path)), fill)
+
+
+def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOConfig,
+                stage_dir: Path, masks: list[Path | None]) -> list[Path]:
+    """Eqs. 2-3 with stage t's network on every I^t; returns the cumulative masks of I^{t+1}.
+    Masks already on disk are kept (a resumed run recomputes only the missing ones)."""
+    erase_dir = stage_dir / ERASE_DIR
+    _check_settings(erase_dir / ERASE_SETTINGS, {"erasing": to_dict(cfg.erasing), "peak_threshold": cfg.peak_threshold,
+                                                 "max_peaks_per_class": cfg.max_peaks_per_class,
+                                                 "image_size": cfg.prm.image_size})
+    device = pick_device(cfg.device)
+    model = model.to(device).eval()
+    fill = fill_value(cfg.erasing.fill, model.backbone.mean)
+    column = {c: i for i, c in enumerate(category_ids)}
+    out = [erase_dir / f"{r.image_id}.npz" for r in recs]
+    todo = [i for i, p in enumerate(out) if not p.is_file()]
+    for i in tqdm(todo, desc=f"erase {stage_dir.name}", unit="img", disable=not todo):
+        x = stage_image(recs[i], cfg.prm.image_size, masks[i], fill)
+        xn = model.backbone.normalize(x[None]).to(device)
+        allowed = torch.zeros(len(category_ids), dtype=torch.bool)
+        allowed[[column[c] for c in recs[i].tags if c in column]] = True
+        peaks = select_peaks(model, xn, allowed, cfg)
+        _, prms, _ = peak_response_maps(model, xn, peaks=peaks, batched=_batched(cfg, device))
+        new = erase_mask(prms.cpu(), cfg.erasing.delta, cfg.erasing.scale)
+        previous = torch.from_numpy(load_mask(masks[i])) if masks[i] is not None else torch.zeros_like(new)
+        save_mask(out[i], previous | new)
+    return out
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+def load(workdir: str | Path) -> "MSERSGPOPredictor":
+    workdir = Path(workdir)
+    path = workdir / META_FILE
+    if not path.is_file():
+        raise InputError(workdir, f"not a trained workdir ({META_FILE} missing; did training finish?)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"malformed JSON: {e}") from None
+    cfg = from_dict(MSERSGPOConfig, meta["config"], str(path))
+    category_ids = [int(c) for c in meta["category_ids"]]
+    models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids)) for t in range(1, cfg.stages + 1)]
+    categories = {int(k): v for k, v in meta["categories"].items()}
+    return MSERSGPOPredictor(models, cfg, category_ids, categories, workdir)
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+@dataclass
+class StageResponse:
+    """One network's view of an image: its peaks (K, 4) [0, class, y, x], PRMs (K, S, S), class maps (C, S, S)."""
+
+    peaks: np.ndarray
+    prms: np.ndarray
+    class_maps: np.ndarray
+    grid_size: int  # side of the (upsampled) CRM grid the peaks index
+
+
+def fuse_representations(responses: Sequence[StageResponse], fusion: str, match_radius: float
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EPRM instance representations from the stages' responses (module docstring, step 2):
+    ``(prms (N, S, S), map_index (N,) into class_maps, class_maps (T*C, S, S))``; the class of
+    representation n is ``map_index[n] % C``."""
+    num_classes = responses[0].class_maps.shape[0]
+    class_maps = np.concatenate([r.class_maps for r in responses])
+    prms = [r.prms for r in responses]
+    index = [r.peaks[:, 1] + t * num_classes for t, r in enumerate(responses)]
+    if fusion == "union" or len(responses) == 1:
+        return np.concatenate(prms), np.concatenate(index).astype(np.int64), class_maps
+    if fusion != "match":
+        raise ValueError(f"unknown fusion {fusion!r}; expected union or match")
+    base, base_peaks = prms[0].copy(), responses[0].peaks
+    radius = match_radius * responses[0].grid_size  # peaks are CRM-grid coordinates
+    extra, extra_index = [], []
+    for t in range(1, len(responses)):
+        peaks = responses[t].peaks
+        d = np.linalg.norm(peaks[:, None, 2:].astype(np.float64) - base_peaks[None, :, 2:], axis=2)
+        d[peaks[:, None, 1] != base_peaks[None, :, 1]] = np.inf
+        d = np.concatenate([d, np.full((len(peaks), 1), np.inf)], axis=1)  # column K: "no match"
+        nearest = d.argmin(axis=1)
+        close = d[np.arange(len(peaks)), nearest] <= radius
+        np.add.at(base, nearest[close], prms[t][close])
+        extra.append(prms[t][~close])
+        extra_index.append(index[t][~close])
+    sums = base.reshape(len(base), -1).sum(axis=1)
+    base = base / np.where(sums > 0, sums, 1.0)[:, None, None]
+    out = np.concatenate([base] + extra) if extra else base
+    out_index = np.concatenate([index[0]] + extra_index) if extra_index else index[0]
+    return out.astype(np.float32), out_index.astype(np.int64), class_maps
+
+
+class MSERSGPOPredictor:
+    """The T stage classifiers plus EPRM fusion and proposal scoring."""
+
+    def __init__(self, models: Sequence[PRMNet], cfg: MSERSGPOConfig, category_ids: list[int],
+                 categories: dict[int, str], workdir: Path) -> None:
+        self.base = PRMPredictor(models[0], cfg, category_ids, categories, Path(workdir))  # input, proposals
+        self.device = self.base.device
+        self.models = [m.to(self.device).eval() for m in models]
+        self.cfg = cfg
+        self.category_ids = category_ids
+        self.categories = categories
+        self._saliency = None
+
+    def variant(self, stages: int | None = None, scoring: str | None = None, fusion: str | None = None
+                ) -> "MSERSGPOPredictor":
+        """The same networks predicting with the first ``stages`` of them and another scoring/fusion."""
+        stages = self.cfg.stages if stages is None else stages
+        if not 1 <= stages <= len(self.models):
+            raise ValueError(f"stages must be in 1..{len(self.models)}, got {stages}")
+        other = copy.copy(self)
+        other.cfg = dataclasses.replace(self.cfg, stages=stages, scoring=scoring or self.cfg.scoring,
+                                        fusion=fusion or self.cfg.fusion)
+        return other
+
+    @property
+    def saliency(self):
+        if self._saliency is None:
+            self._saliency = get_saliency(self.cfg.sgpo.saliency)
+        return self._saliency
+
+    def stage_responses(self, x: torch.Tensor, skip: int = 0) -> list[StageResponse]:
+        """Peaks, PRMs and upsampled class maps of every used stage (but the first ``skip``) for one
+        prepared image (1, 3, S, S)."""
+        out = []
+        size = x.shape[-2:]
+        for model in self.models[skip: self.cfg.stages]:
+            peaks = select_peaks(model, x, None, self.cfg)
+            peaks, prms, crm = peak_response_maps(model, x, peaks=peaks, batched=_batched(self.cfg, self.device))
+            class_maps = torch.nn.functional.interpolate(crm[None], size=size, mode="bicubic", align_corners=False)[0]
+            out.append(StageResponse(peaks.cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy(),
+                                     int(max(crm.shape[-2:]))))
+        return out
+
+    def instances(self, record: ImageRecord, image: np.ndarray, responses: Sequence[StageResponse]) -> Instances:
+        """Instances of one image from its stage responses (the first ``cfg.stages`` are used)."""
+        h, w = image.shape[:2]
+        responses = list(responses)[: self.cfg.stages]
+        prms, index, class_maps = fuse_representations(responses, self.cfg.fusion, self.cfg.match_radius)
+        props = self.base.proposals(record)
+        if len(prms) == 0 or len(props) == 0 or props.masks is None:
+            return Instances((h, w), masks=[])
+        s = prms.shape[-1]
+        small = _resize_masks_nearest(props.mask_array(), s, s)
+        if self.cfg.scoring == "prm":
+            found = retrieve(prms, index, class_maps, small, self.cfg.retrieval)
+        else:
+            sal = cv2.resize(self.saliency(image, record.path), (s, s), interpolation=cv2.INTER_LINEAR)
+            found = sgpo_retrieve(prms, index, class_maps, sal, small, self.cfg.sgpo)
+        chosen = [props.masks[i] for i in found.proposal_index]
+        num_classes = len(self.category_ids)
+        labels = np.asarray(self.category_ids)[found.peak_classes % num_classes] if chosen else np.zeros(0, np.int64)
+        return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=found.scores, masks=chosen)
+
+    def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
+        image = load_image(record.path) if image is None else image
+        return self.instances(record, image, self.stage_responses(self.base.prepare(image)))
+
+    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
+                        ) -> dict[int, Instances]:
+        out: dict[int, Instances] = {}
+        for record in tqdm(list(records), desc="predict mser_sgpo", disable=not progress, unit="img"):
+            out[record.image_id] = self.predict(record)
+        return out
