@@ -13,6 +13,9 @@ from wsis.errors import InputError
 
 METHODS: dict[str, str] = {
     "prm": "wsis.methods.prm",
+    "mser_sgpo": "wsis.methods.mser_sgpo",
+    "wise": "wsis.methods.wise",
+    "maskrcnn": "wsis.methods.maskrcnn",
 }
 
 

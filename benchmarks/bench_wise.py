@@ -1,0 +1,139 @@
+"""WISE benchmark rows (../shared/BENCHMARK.md): WISE, WISE+refine and the fully supervised
+reference (Mask R-CNN on the ground-truth masks, same detector and schedule), trained on coco128,
+scored on coco-val50 with both protocols on all 80 classes and the VOC20 subset, with the weak/full
+ratio on mAP^r@0.5, training time and inference seconds per image (median; WISE+refine with and
+without proposal generation). Writes ``<out>.json`` and prints the Markdown table.
+
+    python benchmarks/bench_wise.py [--wise-config wsis/configs/wise_cpu.yaml]
+        [--reference-config wsis/configs/maskrcnn_cpu.yaml] [--workdir runs/bench_wise] [key=value ...]
+
+``key=value`` overrides apply to both runs when the key exists in both configs (detector.*,
+schedule.*, augment.*, device, seed ...) and to WISE only otherwise (prm.*, pseudo.*). Both runs
+resume from ``--workdir`` when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench_prm import _commit, _peak_rss_mib
+from wsis.data import load_dataset
+from wsis.data.images import atomic_write, load_image
+from wsis.detectors.refine import refine_with_proposals
+from wsis.eval import evaluate
+from wsis.methods import maskrcnn, wise
+from wsis.proposals import generate_proposals
+from wsis.proposals.precomputed import write_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+WISE_ONLY = ("prm.", "pseudo.")
+
+
+def time_predictions(predictor, records) -> dict:
+    """Plain and refined predictions with per-image seconds: detector, proposal generation, refinement."""
+    plain, refined, t_det, t_prop, t_ref = {}, {}, [], [], []
+    cfg = predictor.cfg.proposals
+    for record in records:
+        image = load_image(record.path)
+        start = time.perf_counter()
+        plain[record.image_id] = found = predictor.predict(record, image)  # refine is off here
+        t_det.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        proposals = generate_proposals(image, cfg.method, **cfg.settings)
+        t_prop.append(time.perf_counter() - start)
+        write_npz(predictor.proposal_cache.entry(record.path, cfg.method, **cfg.settings), proposals)
+        start = time.perf_counter()
+        refined[record.image_id] = refine_with_proposals(found, proposals)
+        t_ref.append(time.perf_counter() - start)
+    return {"plain": plain, "refined": refined,
+            "median_s": statistics.median(t_det),
+            "median_s_refine_excluding_proposals": statistics.median(a + b for a, b in zip(t_det, t_ref)),
+            "median_s_refine_including_proposals": statistics.median(
+                a + b + c for a, b, c in zip(t_det, t_prop, t_ref))}
+
+
+def scores(val, preds) -> dict:
+    return {"all80": evaluate(val, preds), "voc20": evaluate(val, preds, subset="voc20")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=Path, default=DATA / "coco128/annotations/instances_train2017.json")
+    parser.add_argument("--val", type=Path, default=DATA / "coco-val50/annotations/instances_val2017.json")
+    parser.add_argument("--wise-config", type=Path, default=ROOT / "wsis/configs/wise_cpu.yaml")
+    parser.add_argument("--reference-config", type=Path, default=ROOT / "wsis/configs/maskrcnn_cpu.yaml")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_wise")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/wise")
+    parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
+    parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    train, val = load_dataset(args.train), load_dataset(args.val)
+    if args.train_limit:
+        train = train.subset([r.image_id for r in train][: args.train_limit])
+    if args.limit:
+        val = val.subset([r.image_id for r in val][: args.limit])
+    shared = [o for o in args.overrides if not o.startswith(WISE_ONLY)]
+    runs = {}
+    for name, module, config, overrides in (("wise", wise, args.wise_config, args.overrides),
+                                           ("maskrcnn", maskrcnn, args.reference_config, shared)):
+        workdir = args.workdir / name
+        started = time.perf_counter()
+        predictor = module.fit(train, config, overrides, workdir)
+        fit_seconds = time.perf_counter() - started
+        predictor.refine = False
+        meta = json.loads((workdir / "method.json").read_text())
+        timed = time_predictions(predictor, val)
+        prm_meta = workdir / "prm" / "method.json"
+        runs[name] = {
+            "method": name, "config": meta["config"], "overrides": overrides,
+            "train": {"images": len(train), "signal": meta["signal"], "steps": meta["steps"],
+                      "seconds_this_run": fit_seconds, "seconds_detector": meta.get("train_seconds"),
+                      "seconds_prm": json.loads(prm_meta.read_text()).get("train_seconds") if prm_meta.is_file() else None},
+            "inference": {k: v for k, v in timed.items() if k.startswith("median")},
+            "plain": scores(val, timed["plain"]),
+            "refined": scores(val, timed["refined"]),
+        }
+    result = {"commit": _commit(), "val_images": len(val), "runs": runs, "peak_rss_mib": _peak_rss_mib(),
+              "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
+                          "cuda": torch.cuda.is_available(), "torch": torch.__version__}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out.with_suffix(".json")) as f:
+        json.dump(result, f, indent=2)
+    print(markdown(result))
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(r: dict) -> str:
+    lines = ["| method | classes | mAP^r@0.25 | @0.5 | @0.7 | @0.75 | ABO | COCO AP | AP50 | AP75 | weak/full @0.5 | "
+             "train s | s/img |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    w, m = r["runs"]["wise"], r["runs"]["maskrcnn"]
+    rows = [("WISE", w, "plain", w["inference"]["median_s"]),
+            ("WISE+refine", w, "refined", w["inference"]["median_s_refine_including_proposals"]),
+            ("Mask R-CNN (full supervision)", m, "plain", m["inference"]["median_s"])]
+    for label, run, kind, seconds in rows:
+        train_s = (run["train"]["seconds_detector"] or 0) + (run["train"]["seconds_prm"] or 0)
+        for subset in ("all80", "voc20"):
+            v, c = run[kind][subset]["voc"], run[kind][subset]["coco"]
+            full = m["plain"][subset]["voc"]["mAP"]["0.5"]
+            ratio = "-" if not full else f"{v['mAP']['0.5'] / full:.2f}"
+            lines.append(f"| {label} ({run['config']['detector']['backbone']}) | {subset} | {_pct(v['mAP']['0.25'])} | "
+                         f"{_pct(v['mAP']['0.5'])} | {_pct(v['mAP']['0.7'])} | {_pct(v['mAP']['0.75'])} | "
+                         f"{_pct(v['abo'])} | {_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(c['AP75'])} | {ratio} | "
+                         f"{train_s:.0f} | {seconds:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Mask R-CNN detector: label mapping, targets and flips, schedule, test-time refinement (hand-made
+masks), and a tiny random-init model that trains, predicts and round-trips through its workdir."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsis import masks as mask_ops
+from wsis.detectors.maskrcnn import (AugmentConfig, DetectorConfig, InstanceDataset, LabelMap, build_maskrcnn,
+                                     ground_truth_instances, targets_from_instances)
+from wsis.detectors.refine import refine_with_proposals
+from wsis.errors import InputError
+from wsis.methods.maskrcnn import lr_factor
+from wsis.proposals import Proposals
+from wsis.structures import ImageRecord, Instances
+
+torch.set_num_threads(1)
+
+# A tiny, fast detector: random-init Lite0-FPN, 64-96 px inputs, few RPN proposals and RoIs.
+TINY = ["detector.pretrained=false", "detector.min_size=96", "detector.max_size=96",
+        "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=100",
+        "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=100",
+        "detector.box_batch_size_per_image=64", "device=cpu", "schedule.log_every=1"]
+
+
+def _box(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_label_map_round_trip_and_unknown_category():
+    labels = LabelMap([3, 7, 12])
+    np.testing.assert_array_equal(labels.to_labels(np.array([12, 3])), [3, 1])  # 0 is background
+    np.testing.assert_array_equal(labels.to_category_ids(np.array([2, 3])), [7, 12])
+    with pytest.raises(InputError):
+        labels.to_labels(np.array([5]))
+
+
+def test_targets_flip_mirrors_masks_and_boxes():
+    # 4x6 image, object on rows 1-2, cols 0-1: box (0, 1, 2, 3); mirrored: cols 4-5, box (4, 1, 6, 3)
+    m = _box(4, 6, 1, 3, 0, 2)
+    inst = Instances((4, 6), labels=[7], masks=mask_ops.encode_many(m[None]))
+    t = targets_from_instances(inst, LabelMap([7]), flip=False)
+    np.testing.assert_array_equal(t["boxes"].numpy(), [[0, 1, 2, 3]])
+    np.testing.assert_array_equal(t["labels"].numpy(), [1])
+    f = targets_from_instances(inst, LabelMap([7]), flip=True)
+    np.testing.assert_array_equal(f["boxes"].numpy(), [[4, 1, 6, 3]])
+    np.testing.assert_array_equal(f["masks"][0].numpy().astype(bool), _box(4, 6, 1, 3, 4, 6))
+    with_empty = Instances((4, 6), labels=[7, 7], masks=mask_ops.encode_many(np.stack([m, np.zeros_like(m)])))
+    assert len(targets_from_instances(with_empty, LabelMap([7]), flip=False)["boxes"]) == 1  # empty mask dropped
+    empty = targets_from_instances(Instances((4, 6), masks=[]), LabelMap([7]), flip=False)
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 4, 6)
+
+
+def test_dataset_flip_and_jitter_depend_on_seed_epoch_index(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 10, 3), dtype=np.uint8)).save(path)
+    m = _box(8, 10, 0, 8, 0, 3)
+    rec = ImageRecord(0, path, 10, 8, tags=(1,), gt=Instances((8, 10), labels=[1], masks=mask_ops.encode_many(m[None])))
+    ds = InstanceDataset([rec], ground_truth_instances, LabelMap([1]), AugmentConfig(), seed=3)
+    seen = []
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        x1, t1 = ds[0]
+        x2, t2 = ds[0]
+        assert torch.equal(x1, x2) and torch.equal(t1["boxes"], t2["boxes"])  # reproducible
+        seen.append(float(t1["boxes"][0, 0]))
+    assert set(seen) == {0.0, 7.0}  # unflipped x0 = 0, flipped x0 = 10 - 3 = 7 (both occur in 8 epochs)
+
+
+def test_ground_truth_instances_needs_masks(tmp_path):
+    rec = ImageRecord(0, tmp_path / "a.png", 4, 4, tags=(1,), gt=Instances((4, 4), boxes=[[0, 0, 2, 2]], labels=[1]))
+    with pytest.raises(InputError):
+        ground_truth_instances(rec)
+
+
+def test_lr_factor_warmup_and_steps():
+    # warm-up over 4 iterations: (s + 1) / 4; then x0.1 after 10 and again after 20
+    assert [lr_factor(s, 4, [10, 20]) for s in (0, 1, 3, 9, 10, 19, 20)] == pytest.approx(
+        [0.25, 0.5, 1.0, 1.0, 0.1, 0.1, 0.01])
+
+
+def test_refinement_picks_highest_iou_proposal():
+    # prediction 0: rows/cols 0-3 (16 px). Proposals: P0 rows 0-1 x cols 0-3 (8 px, IoU 8/16 = 0.5),
+    # P1 rows 0-3 x cols 0-4 (20 px, IoU 16/20 = 0.8), P2 rows 6-7 (IoU 0). -> P1, box (0, 0, 5, 4).
+    # prediction 1: rows 4-5 x cols 6-7 overlaps no proposal -> keeps its own mask.
+    h = w = 8
+    pred_masks = np.stack([_box(h, w, 0, 4, 0, 4), _box(h, w, 4, 6, 6, 8)])
+    pred = Instances((h, w), labels=[3, 5], scores=[0.9, 0.4], masks=mask_ops.encode_many(pred_masks))
+    props = np.stack([_box(h, w, 0, 2, 0, 4), _box(h, w, 0, 4, 0, 5), _box(h, w, 6, 8, 0, 8)])
+    refined = refine_with_proposals(pred, Proposals((h, w), masks=mask_ops.encode_many(props)))
+    np.testing.assert_array_equal(refined.mask_array(), np.stack([props[1], pred_masks[1]]))
+    np.testing.assert_array_equal(refined.labels, [3, 5])
+    np.testing.assert_allclose(refined.scores, [0.9, 0.4])
+    np.testing.assert_array_equal(refined.boxes, [[0, 0, 5, 4], [6, 4, 8, 6]])
+
+
+def test_resnet50_fpn_without_weights_is_a_clear_input_error(tmp_path):
+    with pytest.raises(InputError):
+        build_maskrcnn(DetectorConfig(backbone="resnet50_fpn", pretrained=str(tmp_path / "missing.pth")), 2)
+
+
+def test_unknown_backbone_is_an_input_error():
+    with pytest.raises(InputError):
+        build_maskrcnn(DetectorConfig(backbone="nope"), 2)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_tiny_maskrcnn_trains_predicts_and_round_trips(tmp_path):
+    from wsis.data.synthetic import make_scenes
+    from wsis.methods import get_method, load_trained
+
+    records = make_scenes(tmp_path / "data", num_images=2, image_size=(96, 96), seed=1)
+    method = get_method("maskrcnn")
+    predictor = method.fit(records, None, TINY + ["schedule.iterations=16", "schedule.batch_size=2",
+                                                  "schedule.lr=0.005", "augment.hflip=false"], tmp_path / "run")
+    lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    epochs = [l for l in lines if l["event"] == "epoch"]
+    assert len(epochs) == 16 and {"loss_mask", "loss_classifier", "loss_objectness"} <= set(epochs[0])
+    # the same two images every step: the loss of the last 4 steps is below that of the first 4
+    first, last = np.mean([e["loss"] for e in epochs[:4]]), np.mean([e["loss"] for e in epochs[-4:]])
+    assert last < first
+    out = predictor.predict_records(records, progress=False)
+    assert set(out) == {0, 1}
+    for rec in records:
+        assert out[rec.image_id].image_size == (96, 96)
+        assert set(out[rec.image_id].labels.tolist()) <= set(records.categories)
+    again = load_trained(tmp_path / "run")
+    for rec in records:
+        a, b = out[rec.image_id], again.predict(rec)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    # a finished workdir is resumed, not retrained: the log does not grow
+    method.fit(records, None, TINY + ["schedule.iterations=16", "schedule.batch_size=2", "schedule.lr=0.005",
+                                      "augment.hflip=false"], tmp_path / "run")
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == len(lines)

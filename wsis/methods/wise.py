@@ -1,0 +1,119 @@
+"""WISE (Issam Laradji et al., "Where are the Masks: Instance Segmentation with Image-level
+Supervision", BMVC 2019; Algorithm 1): a PRM classifier trained on the image tags locates objects
+by its peaks; for each peak a proposal containing it is sampled with probability proportional to
+objectness (Eq. 1) as its pseudo mask (:mod:`wsis.pseudo_labels`); Mask R-CNN trains on the pseudo
+masks (Eq. 2), which are drawn afresh every epoch; at test time only Mask R-CNN runs, optionally
+followed by swapping each mask for the proposal of highest IoU (``refine``).
+
+Workdir: ``prm/`` (the PRM stage, :func:`wsis.methods.prm.fit`; reused when finished),
+``proposals/`` (cached proposals, also used by the refinement), ``pseudo/`` (per-image candidate
+sets), ``pseudo_labels.json`` (the epoch-0 draw as COCO json), then ``last.pt``, ``model.pt`` and
+``method.json`` of the detector.
+
+Differences from the paper, and why:
+
+* Algorithm 1 draws a new proposal for an image each time it is sampled; here the draw is fixed per
+  (epoch, image) -- the same thing when every image is seen once per epoch, and reproducible and
+  resumable.
+* The paper used MCG proposals (objectness = MCG's score); the default here is the toolkit's
+  superpixel-hierarchy proposals with their objectness; precomputed MCG/COB files can be named in
+  ``proposals`` (see :mod:`wsis.proposals.precomputed`).
+* Only the peaks of an image's tagged classes are used (the tags are known on training images).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from wsis.config import load_config, to_dict
+from wsis.data.images import atomic_write
+from wsis.errors import InputError
+from wsis.methods import prm as prm_method
+from wsis.methods.maskrcnn import (DetectorPredictor, MaskRCNNMethodConfig, load_detector, train_detector)
+from wsis.methods.prm import PRMMethodConfig
+from wsis.proposals.cache import ProposalCache
+from wsis.pseudo_labels import PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances, write_pseudo_labels
+from wsis.structures import ImageRecord, Instances, RecordSet
+
+PRM_DIR = "prm"
+PSEUDO_DIR = "pseudo"
+PSEUDO_JSON = "pseudo_labels.json"
+
+
+@dataclass
+class WiseMethodConfig(MaskRCNNMethodConfig):
+    prm: PRMMethodConfig = field(default_factory=PRMMethodConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+
+
+class PseudoTargets:
+    """``(record, epoch) -> Instances``: the pseudo masks an image trains on in an epoch."""
+
+    def __init__(self, candidates: dict[int, PeakCandidates], resample: bool, seed: int) -> None:
+        self.candidates, self.resample, self.seed = candidates, resample, seed
+
+    def __call__(self, record: ImageRecord, epoch: int) -> Instances:
+        mode = "sample" if self.resample else "argmax"
+        return pseudo_instances(self.candidates[record.image_id], mode, self.seed, epoch)
+
+
+def fit_prm_stage(records: RecordSet, cfg: WiseMethodConfig, workdir: Path):
+    """The trained PRM classifier in ``workdir/prm``: loaded when finished, else trained (or resumed)."""
+    prm_dir = workdir / PRM_DIR
+    if (prm_dir / prm_method.META_FILE).is_file():
+        return prm_method.load(prm_dir)
+    prm_dir.mkdir(parents=True, exist_ok=True)
+    config_path = prm_dir / "config.yaml"
+    with atomic_write(config_path) as f:
+        yaml.safe_dump(to_dict(cfg.prm), f, sort_keys=False)
+    return prm_method.fit(records, config_path, [], prm_dir)
+
+
+def pseudo_labeler(predictor, cfg: WiseMethodConfig, workdir: Path) -> PseudoLabeler:
+    cache = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
+    return PseudoLabeler(predictor, cfg.proposals.method, cfg.proposals.settings, ProposalCache(cache),
+                         cfg.pseudo, workdir / PSEUDO_DIR)
+
+
+def make_candidates(records: RecordSet, cfg: WiseMethodConfig, workdir: Path) -> dict[int, PeakCandidates]:
+    """Stages 1-2 of WISE: the PRM classifier, then each training image's candidate sets."""
+    if not any(r.tags for r in records):
+        raise InputError(records.name or "dataset", "no image has tags: WISE trains on image-level labels")
+    predictor = fit_prm_stage(records, cfg, workdir)
+    return pseudo_labeler(predictor, cfg, workdir).all_candidates(records)
+
+
+def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
+        workdir: str | Path = "runs/wise") -> DetectorPredictor:
+    """PRM on the tags, pseudo masks from peaks and proposals, Mask R-CNN on the pseudo masks.
+    Every stage resumes from ``workdir`` when interrupted."""
+    cfg = load_config(WiseMethodConfig, config, list(overrides))
+    workdir = Path(workdir)
+    # Ground truth must not leak into training: only the tags are passed on.
+    tags_only = RecordSet([ImageRecord(r.image_id, r.path, r.width, r.height, tags=r.tags, file_name=r.file_name)
+                           for r in records], dict(records.categories), records.name)
+    candidates = make_candidates(tags_only, cfg, workdir)
+    write_pseudo_labels(tags_only, candidates, workdir / PSEUDO_JSON, mode="sample", seed=cfg.seed, epoch=0)
+    targets = PseudoTargets(candidates, cfg.pseudo.resample, cfg.seed)
+    n = sum(c.num_peaks for c in candidates.values())
+    return train_detector(tags_only, targets, cfg, workdir, "wise",
+                          {"signal": "image-level tags", "pseudo_peaks": n})
+
+
+def load(workdir: str | Path) -> DetectorPredictor:
+    return load_detector(workdir, WiseMethodConfig)
+
+
+def pseudo_label(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
+                 workdir: str | Path = "runs/wise", out: str | Path = "pseudo_labels.json",
+                 mode: str = "argmax", epoch: int = 0) -> RecordSet:
+    """``wsis pseudo-label``: the PRM stage (trained in ``workdir/prm`` if not yet) and the pseudo
+    labels of ``records`` written to ``out`` as COCO json, for any detector to train on:
+    ``mode="sample"`` is the draw of ``epoch`` (seeded by ``seed``), ``"argmax"`` each peak's proposal
+    of highest objectness. Returns them as records."""
+    cfg = load_config(WiseMethodConfig, config, list(overrides))
+    candidates = make_candidates(records, cfg, Path(workdir))
+    return write_pseudo_labels(records, candidates, out, mode=mode, seed=cfg.seed, epoch=epoch)  # type: ignore[arg-type]

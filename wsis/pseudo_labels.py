@@ -1,0 +1,285 @@
+"""WISE pseudo masks (Algorithm 1, section 3.1): for each peak of a trained PRM classifier on a
+training image, the proposals whose mask contains the peak are its candidates, and one is sampled
+with probability proportional to objectness (Eq. 1); the pseudo instance takes the peak's class.
+
+* Peaks: local maxima of the (sub-pixel upsampled) class response maps, as PRM finds them, of the
+  image's **tagged** classes only (the tags are the training signal; a class score threshold would
+  only drop true tags). Per class, peaks with a response above ``peak_threshold`` are kept, at
+  most ``max_peaks_per_class``, strongest first; a tagged class with no peak above the threshold
+  keeps its strongest peak, because the tag says the object is there.
+* A peak at upsampled-CRM cell ``i`` sits at raw-CRM coordinate ``r = i (h - 1) / (H - 1)``
+  (``align_corners`` upsampling from ``h`` to ``H`` cells), whose receptive-field centre in the
+  original image of height ``Y`` is ``(r + 1/2) Y / h`` (:func:`peak_to_image`; same along x).
+* Eq. 1 with objectness clamped at 0; candidates whose objectness sums to 0 are drawn uniformly.
+  A peak that no proposal contains yields no pseudo instance.
+* Resampling "as training proceeds": the draw of epoch ``e`` for image ``i`` uses a generator seeded
+  by ``(seed, e, i)`` only, so every epoch sees new pseudo masks, and a resumed run the same ones.
+  Two peaks of one class that draw the same proposal give one instance (identical duplicate
+  targets would only double-count one object).
+* Per image the candidate sets (peak -> candidate proposal indices + probabilities, and the candidate
+  masks as RLE) are cached as JSON under ``cache_dir``, keyed by the image content, the proposal
+  settings and the peak settings, so resampling costs no network pass and no proposal generation.
+
+Export (:func:`write_pseudo_labels`): a COCO instances json, either one draw (``mode="sample"``,
+for a given seed and epoch) or each peak's most probable candidate (``mode="argmax"``: the proposal
+of highest objectness containing the peak) -- what a detector outside this toolkit trains on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsis import masks as mask_ops
+from wsis.data.coco import write_coco_gt
+from wsis.data.images import atomic_write, load_image
+from wsis.errors import InputError
+from wsis.masks import RLE
+from wsis.proposals import Proposals
+from wsis.proposals.cache import ProposalCache, file_sha1, settings_key
+from wsis.structures import ImageRecord, Instances, RecordSet
+
+SampleMode = Literal["sample", "argmax"]
+_DECODE_CHUNK = 128  # proposals decoded at once when testing which contain the peaks (memory bound)
+
+
+@dataclass
+class PseudoLabelConfig:
+    peak_threshold: float = 0.0
+    max_peaks_per_class: int = 8
+    # False: every epoch trains on the argmax pseudo masks instead of a fresh draw (an ablation).
+    resample: bool = True
+
+
+@dataclass
+class PeakCandidates:
+    """The candidate proposals of each of the K peaks of one image (CSR layout).
+
+    Peak k's candidates are ``masks[indices[offsets[k]:offsets[k+1]]]`` drawn with probabilities
+    ``probs[offsets[k]:offsets[k+1]]`` (summing to 1); ``masks`` holds only proposals that are a
+    candidate of some peak. ``classes`` are dataset category ids, ``points`` (y, x) original pixels.
+    """
+
+    image_id: int
+    image_size: tuple[int, int]
+    classes: np.ndarray
+    points: np.ndarray
+    values: np.ndarray
+    offsets: np.ndarray
+    indices: np.ndarray
+    probs: np.ndarray
+    masks: list[RLE]
+
+    @property
+    def num_peaks(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict:
+        return {"image_id": int(self.image_id), "image_size": list(self.image_size),
+                "classes": self.classes.tolist(), "points": self.points.tolist(), "values": self.values.tolist(),
+                "offsets": self.offsets.tolist(), "indices": self.indices.tolist(), "probs": self.probs.tolist(),
+                "masks": [{"size": list(m["size"]), "counts": m["counts"].decode("ascii")
+                           if isinstance(m["counts"], bytes) else m["counts"]} for m in self.masks]}
+
+    @staticmethod
+    def from_json(data: dict) -> "PeakCandidates":
+        return PeakCandidates(
+            int(data["image_id"]), tuple(data["image_size"]), np.asarray(data["classes"], np.int64),
+            np.asarray(data["points"], np.int64).reshape(-1, 2), np.asarray(data["values"], np.float32),
+            np.asarray(data["offsets"], np.int64), np.asarray(data["indices"], np.int64),
+            np.asarray(data["probs"], np.float64), [mask_ops.compress(m) for m in data["masks"]])
+
+
+# ---------------------------------------------------------------- geometry and Eq. 1
+
+def peak_to_image(cells: np.ndarray, upsampled: tuple[int, int], raw: tuple[int, int],
+                  image_size: tuple[int, int]) -> np.ndarray:
+    """(K, 2) (y, x) cells of the upsampled CRM grid -> (K, 2) pixel (row, col) of the original image
+    (formula in the module docstring)."""
+    cells = np.asarray(cells, np.float64).reshape(-1, 2)
+    up, lo, size = (np.asarray(v, np.float64) for v in (upsampled, raw, image_size))
+    scale = np.where(up > 1, (lo - 1) / np.maximum(up - 1, 1), 0.0)
+    centre = (cells * scale + 0.5) * size / lo
+    return np.minimum(np.floor(centre), size - 1).astype(np.int64)
+
+
+def objectness_probabilities(objectness: np.ndarray) -> np.ndarray:
+    """Eq. 1: ``b_k / sum_j b_j`` with b clamped at 0; uniform when all are 0."""
+    b = np.clip(np.asarray(objectness, np.float64), 0.0, None)
+    total = b.sum()
+    return b / total if total > 0 else np.full(len(b), 1.0 / max(len(b), 1))
+
+
+def contains_points(masks: Sequence[RLE], points: np.ndarray) -> np.ndarray:
+    """(N, K) bool: whether mask n contains pixel (y, x) = points[k]."""
+    points = np.asarray(points, np.int64).reshape(-1, 2)
+    out = np.zeros((len(masks), len(points)), bool)
+    for start in range(0, len(masks), _DECODE_CHUNK):
+        chunk = mask_ops.decode_many(masks[start:start + _DECODE_CHUNK])
+        out[start:start + len(chunk)] = chunk[:, points[:, 0], points[:, 1]]
+    return out
+
+
+def build_candidates(image_id: int, proposals: Proposals, classes: np.ndarray, points: np.ndarray,
+                     values: np.ndarray) -> PeakCandidates:
+    """Each peak's candidates: the proposals containing it, with Eq. 1 probabilities."""
+    h, w = proposals.image_size
+    if proposals.masks is None:
+        raise InputError("proposals", "WISE needs mask proposals (box-only proposals give no pseudo masks)")
+    inside = contains_points(proposals.masks, points)  # (N, K)
+    per_peak = [np.flatnonzero(inside[:, k]) for k in range(len(points))]
+    used = np.unique(np.concatenate(per_peak)) if per_peak else np.zeros(0, np.int64)
+    local = np.full(len(proposals), -1, np.int64)
+    local[used] = np.arange(len(used))
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in per_peak])]).astype(np.int64)
+    indices = np.concatenate([local[p] for p in per_peak]) if per_peak else np.zeros(0, np.int64)
+    probs = (np.concatenate([objectness_probabilities(proposals.objectness[p]) for p in per_peak])
+             if per_peak else np.zeros(0))
+    return PeakCandidates(int(image_id), (h, w), np.asarray(classes, np.int64), np.asarray(points, np.int64),
+                          np.asarray(values, np.float32), offsets, indices.astype(np.int64), probs,
+                          [proposals.masks[i] for i in used])
+
+
+# ---------------------------------------------------------------- drawing pseudo masks
+
+def choose(offsets: np.ndarray, probs: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw per peak: for peak k with uniform ``u[k]`` in [0, 1), the position (into
+    ``probs``) of the first candidate whose cumulative probability within the peak exceeds ``u[k]``.
+    Peaks without candidates are skipped, so the result has one entry per peak with candidates."""
+    offsets = np.asarray(offsets, np.int64)
+    counts = np.diff(offsets)
+    has = counts > 0
+    cum = np.cumsum(probs)
+    before = np.concatenate([[0.0], cum])[offsets[:-1]]
+    pos = np.searchsorted(cum, before + np.asarray(u, np.float64), side="right")
+    # Rounding can push the target past the peak's last candidate: clamp into the peak's range.
+    return np.clip(pos, offsets[:-1], offsets[1:] - 1)[has]
+
+
+def most_probable(offsets: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per peak with candidates, the position of its most probable candidate (first on ties)."""
+    offsets = np.asarray(offsets, np.int64)
+    out = []
+    for k in np.flatnonzero(np.diff(offsets) > 0):
+        out.append(offsets[k] + int(np.argmax(probs[offsets[k]:offsets[k + 1]])))
+    return np.asarray(out, np.int64)
+
+
+def sample_positions(cands: PeakCandidates, seed: int, epoch: int) -> np.ndarray:
+    """Positions into ``cands.indices`` drawn for ``(seed, epoch)`` (one per peak with candidates)."""
+    u = np.random.default_rng([int(seed), int(epoch), int(cands.image_id)]).random(cands.num_peaks)
+    return choose(cands.offsets, cands.probs, u)
+
+
+def pseudo_instances(cands: PeakCandidates, mode: SampleMode = "sample", seed: int = 0, epoch: int = 0) -> Instances:
+    """The pseudo instances of one image: a draw (``sample``) or the most probable candidates."""
+    pos = sample_positions(cands, seed, epoch) if mode == "sample" else most_probable(cands.offsets, cands.probs)
+    peak_of = np.repeat(np.arange(cands.num_peaks), np.diff(cands.offsets))[pos]
+    pairs = np.stack([cands.classes[peak_of], cands.indices[pos]], axis=1)
+    _, first = np.unique(pairs, axis=0, return_index=True)
+    keep = np.sort(first)
+    chosen = [cands.masks[i] for i in cands.indices[pos][keep]]
+    return Instances(cands.image_size, mask_ops.to_bbox(chosen), cands.classes[peak_of][keep],
+                     cands.values[peak_of][keep], chosen)
+
+
+# ---------------------------------------------------------------- peaks of a trained PRM
+
+def select_peaks(peaks: np.ndarray, values: np.ndarray, tagged: Sequence[int], threshold: float,
+                 max_per_class: int) -> np.ndarray:
+    """Indices of the kept peaks (rules in the module docstring); ``peaks`` rows are (class, y, x)
+    with class a channel index, ``tagged`` the channel indices of the image's tags."""
+    peaks, values = np.asarray(peaks).reshape(-1, 3), np.asarray(values, np.float64)
+    keep: list[np.ndarray] = []
+    for c in sorted(set(int(t) for t in tagged)):
+        idx = np.flatnonzero(peaks[:, 0] == c)
+        if len(idx) == 0:
+            continue
+        idx = idx[np.argsort(-values[idx], kind="stable")]
+        above = idx[values[idx] > threshold][:max_per_class]
+        keep.append(above if len(above) else idx[:1])
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+class PseudoLabeler:
+    """Candidate sets of training images from a trained PRM predictor and a proposal method."""
+
+    def __init__(self, predictor, proposal_method: str, proposal_settings: dict, proposal_cache: ProposalCache,
+                 cfg: PseudoLabelConfig, cache_dir: str | Path) -> None:
+        self.predictor = predictor
+        self.method, self.settings = proposal_method, dict(proposal_settings)
+        self.proposal_cache = proposal_cache
+        self.cfg = cfg
+        self.cache_dir = Path(cache_dir)
+        self._channel = {c: i for i, c in enumerate(predictor.category_ids)}
+
+    @torch.no_grad()
+    def peaks(self, record: ImageRecord, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(category ids (K,), original-image points (K, 2), CRM values (K,)) of the image's tagged classes."""
+        model = self.predictor.model
+        crm = model.crm(self.predictor.prepare(image))
+        found, values = model.find_peaks(crm)
+        found, values = found[:, 1:].cpu().numpy(), values.cpu().numpy()
+        tagged = [self._channel[t] for t in record.tags if t in self._channel]
+        keep = select_peaks(found, values, tagged, self.cfg.peak_threshold, self.cfg.max_peaks_per_class)
+        up = tuple(crm.shape[-2:])
+        raw = (up[0] // model.sub_pixel_factor, up[1] // model.sub_pixel_factor)
+        points = peak_to_image(found[keep, 1:], up, raw, image.shape[:2])
+        classes = np.asarray(self.predictor.category_ids, np.int64)[found[keep, 0]]
+        return classes, points, values[keep]
+
+    def _key(self, record: ImageRecord) -> str:
+        parts = [file_sha1(record.path), settings_key(self.method, self.settings), json.dumps(asdict(self.cfg), sort_keys=True)]
+        return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+    def candidates(self, record: ImageRecord) -> PeakCandidates:
+        """The image's candidate sets, from the cache when its key matches, else computed and cached."""
+        path = self.cache_dir / f"{record.image_id}.json"
+        key = self._key(record)
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                if data.get("key") == key:
+                    return PeakCandidates.from_json(data)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                pass  # a foreign or damaged file is recomputed
+        image = load_image(record.path)
+        classes, points, values = self.peaks(record, image)
+        proposals = self.proposal_cache.get_or_compute(record.path, self.method, **self.settings)
+        cands = build_candidates(record.image_id, proposals, classes, points, values)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            json.dump({"key": key, **cands.to_json()}, f)
+        return cands
+
+    def all_candidates(self, records: Sequence[ImageRecord], progress: bool = True) -> dict[int, PeakCandidates]:
+        return {r.image_id: self.candidates(r)
+                for r in tqdm(list(records), desc="pseudo labels", unit="img", disable=not progress)}
+
+
+# ---------------------------------------------------------------- export
+
+def pseudo_recordset(records: RecordSet, candidates: dict[int, PeakCandidates], mode: SampleMode = "sample",
+                     seed: int = 0, epoch: int = 0) -> RecordSet:
+    """The records with their pseudo instances as ground truth (tags kept)."""
+    out = []
+    for r in records:
+        inst = pseudo_instances(candidates[r.image_id], mode, seed, epoch)
+        out.append(ImageRecord(r.image_id, r.path, r.width, r.height, tags=r.tags, gt=inst, file_name=r.file_name))
+    return RecordSet(out, dict(records.categories), name=f"{records.name} WISE pseudo labels ({mode})".strip())
+
+
+def write_pseudo_labels(records: RecordSet, candidates: dict[int, PeakCandidates], path: str | Path,
+                        mode: SampleMode = "sample", seed: int = 0, epoch: int = 0) -> RecordSet:
+    """Write the pseudo labels as a COCO instances json (RLE masks) and return them as records."""
+    if mode not in ("sample", "argmax"):
+        raise InputError("mode", f"must be 'sample' or 'argmax', not {mode!r}")
+    pseudo = pseudo_recordset(records, candidates, mode, seed, epoch)
+    write_coco_gt(pseudo, path)
+    return pseudo
