@@ -99,3 +99,11 @@ def test_unknown_method_is_clean_error(hand_case, capsys):
     assert main(["train", "nomethod", "--data", str(hand_case / "gt.json"), "--image-root", str(hand_case),
                  "--workdir", str(hand_case / "w")]) == 2
     assert "unknown method 'nomethod'" in capsys.readouterr().err
+
+
+def test_overrides_after_options_reach_the_config(hand_case, capsys):
+    # a typo in an override is reported before any training starts
+    code = main(["train", "prm", "--data", str(hand_case / "gt.json"), "--image-root", str(hand_case),
+                 "--workdir", str(hand_case / "w"), "prm.epoch=1"])
+    assert code == 2
+    assert "unknown config key 'prm.epoch'" in capsys.readouterr().err

@@ -136,6 +136,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from wsis.methods.wise import pseudo_label
+
+    records = _load(args.data, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    labels = pseudo_label(records, config=args.config, overrides=args.overrides, workdir=args.workdir,
+                          out=args.out, mode=args.mode, epoch=args.epoch)
+    print(f"{labels.num_instances} pseudo instances on {len(labels)} images -> {args.out}")
+    return 0
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    from wsis.config import load_config
+    from wsis.methods.prm import ProposalConfig
+    from wsis.proposals.cache import ProposalCache
+
+    records = _load(args.data, args)
+    cfg = load_config(ProposalConfig, None, [f"method={args.method}"] +
+                      [f"settings.{o}" for o in args.settings])
+    entries = ProposalCache(args.cache).generate_all([r.path for r in records], cfg.method,
+                                                     workers=args.workers, **cfg.settings)
+    print(f"proposals of {len(entries)} images cached in {args.cache}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsis", description="Weakly supervised instance segmentation toolkit.")
@@ -184,6 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["coco", "voc", "folder"], default="coco")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("pseudo-label", help="WISE pseudo masks (PRM peaks -> proposals) as COCO json for any detector")
+    _add_dataset_args(p)
+    p.add_argument("--workdir", required=True, type=Path, help="run folder; the PRM stage trains in WORKDIR/prm")
+    p.add_argument("--config", type=Path, help="YAML config of the wise method")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--mode", choices=["argmax", "sample"], default="argmax",
+                   help="each peak's most objectness-likely proposal, or the seeded draw of --epoch")
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    p.set_defaults(func=cmd_pseudo_label)
+
+    p = sub.add_parser("proposals", help="generate and cache object proposals for a dataset (parallel, resumable)")
+    _add_dataset_args(p)
+    p.add_argument("--method", default="superpixel",
+                   help="superpixel | selective_search | selective_search+grabcut")
+    p.add_argument("--cache", required=True, type=Path, help="cache folder (e.g. RUN/proposals of a method)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("settings", nargs="*", help="generator settings key=value, e.g. max_proposals=500")
+    p.set_defaults(func=cmd_proposals)
+
     p = sub.add_parser("train", help="train a method on a dataset's image-level tags")
     p.add_argument("method", help="method name, e.g. prm")
     _add_dataset_args(p)
@@ -208,7 +253,12 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may follow the options (argparse alone only takes them before)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
