@@ -107,3 +107,15 @@ def test_overrides_after_options_reach_the_config(hand_case, capsys):
                  "--workdir", str(hand_case / "w"), "prm.epoch=1"])
     assert code == 2
     assert "unknown config key 'prm.epoch'" in capsys.readouterr().err
+
+
+def test_visualize_real_coco_val50(tmp_path):
+    gt = SHARED_DATA / "coco-val50" / "annotations" / "instances_val2017.json"
+    if not gt.is_file():
+        pytest.skip(f"shared data not found at {gt}")
+    out = tmp_path / "viz"
+    assert main(["visualize", "--data", str(gt), "--out", str(out), "--max-images", "3"]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 3
+    html = (out / "index.html").read_text()
+    assert all(p.name in html for p in pngs)
