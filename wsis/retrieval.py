@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 
 @dataclass
@@ -43,9 +44,10 @@ class RetrievalConfig:
 def contour_masks(masks: np.ndarray, width: int) -> np.ndarray:
     """Morphological gradient (dilation minus erosion) of each (H, W) mask with a width x width square."""
     kernel = np.ones((width, width), np.uint8)
+    masks = np.ascontiguousarray(masks)
     out = np.empty(masks.shape, dtype=bool)
-    for i, m in enumerate(masks):
-        out[i] = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_GRADIENT, kernel).astype(bool)
+    for i, m in enumerate(masks.view(np.uint8)):
+        cv2.morphologyEx(m, cv2.MORPH_GRADIENT, kernel, dst=out[i].view(np.uint8))
     return out
 
 
@@ -56,12 +58,14 @@ def background_maps(class_maps: np.ndarray, factor: float) -> np.ndarray:
 
 
 def _chunked_products(maps: np.ndarray, masks: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """sum over pixels of maps[k] * masks[p] for all k, p: (K, HW) @ (HW, P) without a full float copy."""
-    k = maps.reshape(len(maps), -1).astype(np.float32, copy=False)
+    """sum over pixels of maps[k] * masks[p] for all k, p: (K, HW) @ (HW, P) without a full float
+    copy of the masks (torch converts and multiplies on all cores)."""
+    k = torch.from_numpy(np.ascontiguousarray(maps.reshape(len(maps), -1), dtype=np.float32))
+    flat = torch.from_numpy(np.ascontiguousarray(masks).reshape(len(masks), -1).view(np.uint8))
     out = np.empty((len(maps), len(masks)), dtype=np.float64)
     for start in range(0, len(masks), chunk):
-        block = masks[start:start + chunk].reshape(-1, k.shape[1]).astype(np.float32)
-        out[:, start:start + chunk] = k @ block.T
+        block = flat[start:start + chunk].to(torch.float32)
+        out[:, start:start + chunk] = (k @ block.T).double().numpy()
     return out
 
 

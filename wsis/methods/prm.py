@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -209,8 +210,9 @@ class PRMPredictor:
 
 
 def _resize_masks_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N, H, W) bool -> (N, height, width) by nearest-neighbour sampling (pixel centres)."""
-    h, w = masks.shape[1:]
-    ys = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    xs = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return masks[:, ys][:, :, xs]
+    """(N, H, W) bool -> (N, height, width), nearest neighbour at pixel centres (OpenCV's
+    INTER_NEAREST_EXACT: source index floor((i + 0.5) * H / height)), one mask at a time."""
+    out = np.empty((len(masks), height, width), dtype=bool)
+    for i, m in enumerate(np.ascontiguousarray(masks).view(np.uint8)):
+        out[i] = cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST_EXACT).view(bool)
+    return out
