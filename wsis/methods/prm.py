@@ -98,7 +98,10 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     Trainer(model, prm_optimizer(model, cfg.prm), step_fn=step, workdir=workdir, epochs=cfg.prm.epochs,
             device=cfg.device, seed=cfg.seed, batch_size=cfg.prm.batch_size, num_workers=cfg.num_workers,
             config=meta).fit(dataset)
-    meta["train_seconds"] = time.perf_counter() - started
+    # wall time summed over resumed runs (a finished run that is fitted again adds ~0)
+    previous = workdir / META_FILE
+    before = json.loads(previous.read_text()).get("train_seconds", 0.0) if previous.is_file() else 0.0
+    meta["train_seconds"] = before + time.perf_counter() - started
     save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
     with atomic_write(workdir / META_FILE) as f:
         json.dump(meta, f, indent=2)
