@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from wsis.data.images import atomic_write, load_image
+from wsis.data.images import atomic_write, load_image, write_png
 from wsis.errors import InputError
 from wsis.structures import ImageRecord, Instances
 
@@ -138,14 +138,6 @@ def _shown(instances: Instances | None, record: ImageRecord, threshold: float, i
     return instances.select(np.flatnonzero(keep))
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    with atomic_write(path, "wb") as f:
-        f.write(data.tobytes())
-
-
 def _index_html(entries: list[tuple[str, str, int, list[str]]], title: str) -> str:
     """The thumbnail grid: (png name, image file name, instance count, class names) per image."""
     cards = []
@@ -218,7 +210,7 @@ def write_overlays(
             gap = np.full((panels[0].shape[0], 8, 3), 255, np.uint8)
             panels = [np.hstack([panels[0], gap, panels[1]])]
         png = f"{record.image_id}.png"
-        _write_png(out_dir / png, panels[0])
+        write_png(out_dir / png, panels[0])
         shown = pred if pred is not None else gt
         names = sorted({categories.get(int(c), str(int(c))) for c in shown.labels})
         entries.append((png, record.file_name, len(shown), names))

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -105,3 +106,12 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 RGB image as PNG, atomically."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    with atomic_write(path, "wb") as f:
+        f.write(data.tobytes())

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsis import masks as mask_ops
-from wsis.data.images import atomic_write
+from wsis.data.images import write_png
 from wsis.errors import InputError
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -246,14 +246,6 @@ def _degrade(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
     return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    with atomic_write(path, "wb") as f:
-        f.write(data.tobytes())
-
-
 def _check_options(num_images: int, image_size: tuple[int, int], min_objects: int, max_objects: int, min_visible: float) -> None:
     if num_images < 1:
         raise InputError("num_images", f"must be at least 1, got {num_images}")
@@ -293,7 +285,7 @@ def make_scenes(
         rng = np.random.default_rng([seed, index])
         image, labels, masks = make_scene(rng, (h, w), min_objects, max_objects, min_visible=min_visible)
         path = image_dir / f"{index:05d}.png"
-        _write_png(path, image)
+        write_png(path, image)
         gt = Instances((h, w), boxes=np.zeros((0, 4)), labels=labels, masks=mask_ops.encode_many(masks))
         records.append(ImageRecord(index, path, w, h, tags=tuple(labels.tolist()), gt=gt))
     return RecordSet(records, dict(SYNTHETIC_CLASSES), name="synthetic")

@@ -25,13 +25,20 @@ def get_method(name: str) -> ModuleType:
     return importlib.import_module(METHODS[name])
 
 
-def load_trained(workdir: str | Path):
-    """The predictor saved in a training workdir, whatever its method."""
-    meta = Path(workdir) / "method.json"
-    if not meta.is_file():
+def read_meta(workdir: str | Path) -> dict:
+    """The ``method.json`` a finished training run leaves in its workdir."""
+    path = Path(workdir) / "method.json"
+    if not path.is_file():
         raise InputError(workdir, "not a trained workdir (method.json missing; did training finish?)")
     try:
-        name = json.loads(meta.read_text())["method"]
-    except (json.JSONDecodeError, KeyError) as e:
-        raise InputError(meta, f"malformed method file ({e})") from None
-    return get_method(name).load(workdir)
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"malformed JSON: {e}") from None
+    if not isinstance(meta, dict) or "method" not in meta:
+        raise InputError(path, "malformed method file (no 'method' entry)")
+    return meta
+
+
+def load_trained(workdir: str | Path):
+    """The predictor saved in a training workdir, whatever its method."""
+    return get_method(read_meta(workdir)["method"]).load(workdir)

@@ -32,6 +32,7 @@ from wsis.detectors.refine import refine_with_proposals
 from wsis.engine import Trainer, pick_device
 from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis.errors import InputError
+from wsis.methods import read_meta
 from wsis.methods.prm import ProposalConfig
 from wsis.proposals.cache import ProposalCache
 from wsis.structures import ImageRecord, Instances, RecordSet
@@ -123,20 +124,10 @@ def train_detector(records: RecordSet, instances_fn: InstancesFn, cfg: MaskRCNNM
     return DetectorPredictor(model, cfg, labels, records.categories, workdir)
 
 
-def _read_meta(workdir: Path) -> dict:
-    path = workdir / META_FILE
-    if not path.is_file():
-        raise InputError(workdir, f"not a trained workdir ({META_FILE} missing; did training finish?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"malformed JSON: {e}") from None
-
-
 def load_detector(workdir: str | Path, cfg_cls: type) -> "DetectorPredictor":
     """The trained detector of a workdir (its ImageNet weights are not needed: the checkpoint has all)."""
     workdir = Path(workdir)
-    meta = _read_meta(workdir)
+    meta = read_meta(workdir)
     cfg = from_dict(cfg_cls, meta["config"], str(workdir / META_FILE))
     labels = LabelMap(meta["category_ids"])
     model = build_maskrcnn(cfg.detector, len(labels), pretrained=False)

@@ -36,6 +36,7 @@ from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer, pick_device
 from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis.errors import InputError
+from wsis.methods import read_meta
 from wsis.proposals import Proposals
 from wsis.proposals.cache import ProposalCache
 from wsis.retrieval import RetrievalConfig, retrieve
@@ -110,7 +111,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 
 def load(workdir: str | Path) -> "PRMPredictor":
     workdir = Path(workdir)
-    meta = _read_meta(workdir)
+    meta = read_meta(workdir)
     cfg = from_dict(PRMMethodConfig, meta["config"], str(workdir / META_FILE))
     category_ids = [int(c) for c in meta["category_ids"]]
     backbone = create_backbone(cfg.backbone, pretrained=False)
@@ -120,16 +121,6 @@ def load(workdir: str | Path) -> "PRMPredictor":
     model.load_state_dict(state["model"])
     categories = {int(k): v for k, v in meta["categories"].items()}
     return PRMPredictor(model, cfg, category_ids, categories, workdir)
-
-
-def _read_meta(workdir: Path) -> dict:
-    path = workdir / META_FILE
-    if not path.is_file():
-        raise InputError(workdir, f"not a trained workdir ({META_FILE} missing; did training finish?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"malformed JSON: {e}") from None
 
 
 class PRMPredictor:
