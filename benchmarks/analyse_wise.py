@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 
+from common import ROOT, TRAIN_JSON
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write
 from wsis.eval import evaluate
@@ -26,8 +27,6 @@ from wsis.methods import wise
 from wsis.config import load_config
 from wsis.pseudo_labels import pseudo_instances
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def score(gt, preds) -> dict:
@@ -37,7 +36,7 @@ def score(gt, preds) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=DATA / "coco128/annotations/instances_train2017.json")
+    parser.add_argument("--train", type=Path, default=TRAIN_JSON)
     parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/wise_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_wise/wise")
     parser.add_argument("--reference", type=Path, help="a trained maskrcnn workdir (Table 3's Mask R-CNN + GT row)")

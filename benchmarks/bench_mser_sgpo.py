@@ -19,12 +19,12 @@ import json
 import platform
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from common import ROOT, add_data_args, commit
 from wsis.config import load_config
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
@@ -33,17 +33,7 @@ from wsis.methods import mser_sgpo
 from wsis.proposals import generate_proposals
 from wsis.proposals.precomputed import write_npz
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 STAGE1_FILES = ("model.pt", "stage.json", "last.pt", "log.jsonl")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def share_stage1(source: Path, target: Path) -> None:
@@ -70,8 +60,7 @@ def rows_spec(max_stages: int, delta: float, deltas: list[float]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=DATA / "coco128/annotations/instances_train2017.json")
-    parser.add_argument("--val", type=Path, default=DATA / "coco-val50/annotations/instances_val2017.json")
+    add_data_args(parser)
     parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/mser_sgpo_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_mser_sgpo")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/mser_sgpo")
@@ -133,7 +122,7 @@ def main() -> None:
 
     scored = val.subset([r.image_id for r in records]) if args.limit else val
     result = {
-        "method": "mser_sgpo", "commit": _commit(), "config": str(args.config), "overrides": args.overrides,
+        "method": "mser_sgpo", "commit": commit(), "config": str(args.config), "overrides": args.overrides,
         "train": {"images": len(train), "signal": "image-level tags", "seconds_this_run": fit_seconds},
         "speed": {"images": len(records), "device": str(main_run.device),
                   "median_s_prm_single_network": statistics.median(t_prm),

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+from common import ROOT, add_data_args, commit, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
@@ -28,20 +27,6 @@ from wsis.methods import prm as prm_method
 from wsis.proposals import generate_proposals
 from wsis.proposals.precomputed import write_npz
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def time_inference(predictor, records, limit: int | None) -> tuple[dict, list[float], list[float]]:
@@ -65,8 +50,7 @@ def time_inference(predictor, records, limit: int | None) -> tuple[dict, list[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=DATA / "coco128/annotations/instances_train2017.json")
-    parser.add_argument("--val", type=Path, default=DATA / "coco-val50/annotations/instances_val2017.json")
+    add_data_args(parser)
     parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/prm_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_prm")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/prm")
@@ -83,7 +67,7 @@ def main() -> None:
     scored = val.subset(list(preds)) if args.limit else val
 
     result = {
-        "method": "prm", "commit": _commit(), "config": meta["config"],
+        "method": "prm", "commit": commit(), "config": meta["config"],
         "train": {"images": len(train), "signal": "image-level tags",
                   "seconds_this_run": fit_seconds, "seconds_training": meta.get("train_seconds")},
         "inference": {"images": len(preds),
@@ -91,7 +75,7 @@ def main() -> None:
                       "median_s_including_proposals": statistics.median(a + b for a, b in zip(t_prop, t_prm)),
                       "median_s_proposals": statistics.median(t_prop),
                       "image_size": meta["config"]["prm"]["image_size"]},
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                     "cuda": torch.cuda.is_available(), "torch": torch.__version__},
         "all80": evaluate(scored, preds),

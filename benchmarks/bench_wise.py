@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench_prm import _commit, _peak_rss_mib
+from common import ROOT, add_data_args, commit, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.detectors.refine import refine_with_proposals
@@ -31,8 +31,6 @@ from wsis.methods import maskrcnn, wise
 from wsis.proposals import generate_proposals
 from wsis.proposals.precomputed import write_npz
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 WISE_ONLY = ("prm.", "pseudo.")
 
 
@@ -65,8 +63,7 @@ def scores(val, preds) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, default=DATA / "coco128/annotations/instances_train2017.json")
-    parser.add_argument("--val", type=Path, default=DATA / "coco-val50/annotations/instances_val2017.json")
+    add_data_args(parser)
     parser.add_argument("--wise-config", type=Path, default=ROOT / "wsis/configs/wise_cpu.yaml")
     parser.add_argument("--reference-config", type=Path, default=ROOT / "wsis/configs/maskrcnn_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_wise")
@@ -102,7 +99,7 @@ def main() -> None:
             "plain": scores(val, timed["plain"]),
             "refined": scores(val, timed["refined"]),
         }
-    result = {"commit": _commit(), "val_images": len(val), "runs": runs, "peak_rss_mib": _peak_rss_mib(),
+    result = {"commit": commit(), "val_images": len(val), "runs": runs, "peak_rss_mib": peak_rss_mib(),
               "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                           "cuda": torch.cuda.is_available(), "torch": torch.__version__}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
