@@ -1,10 +1,12 @@
 """MSER + SGPO method: peak selection and EPRM fusion by hand, and a slow end-to-end fit/predict/resume."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from wsis.data.images import load_image
 from wsis.methods.mser_sgpo import StageResponse, fuse_representations, top_peaks
 
 torch.set_num_threads(1)
@@ -99,6 +101,18 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
     assert any(len(p) for p in preds.values())
     for p in preds.values():
         assert set(np.asarray(p.labels).tolist()) <= set(category_ids)
+
+    # stacked networks (peak_backprop=batched) give the loop's stage responses
+    x = predictor.base.prepare(load_image(records.records[0].path))
+    loop = predictor.stage_responses(x)
+    predictor.cfg = dataclasses.replace(cfg, peak_backprop="batched")
+    stacked = predictor.stage_responses(x)
+    predictor.cfg = cfg
+    assert len(stacked) == len(loop) == 2
+    for a, b in zip(stacked, loop):
+        assert np.array_equal(a.peaks, b.peaks)
+        np.testing.assert_allclose(a.prms, b.prms, atol=1e-6)
+        np.testing.assert_allclose(a.class_maps, b.class_maps, atol=1e-4)
 
     # resume: finished stages are not retrained, finished masks not recomputed; a lost mask is redone
     stamps = {p: p.stat().st_mtime_ns for p in [work / "stage1/model.pt", work / "stage2/model.pt"]}

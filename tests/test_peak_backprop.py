@@ -149,3 +149,27 @@ def test_normalise_prms_clamps_and_keeps_zero_maps_zero():
     # colour sums [[2, -3], [2, 0]] -> clamp -> [[2, 0], [2, 0]] -> / 4
     torch.testing.assert_close(prms[0], torch.tensor([[0.5, 0.0], [0.5, 0.0]]))
     assert torch.equal(prms[1], torch.zeros(2, 2))
+
+
+def test_stacked_networks_equal_each_network_alone():
+    """Three networks of one architecture, batched over networks and peaks, give each network's own
+    maps; networks with different peak counts (and none) are padded correctly."""
+    from wsis.cues.peak_backprop import stacked_peak_response_maps
+
+    models = [_random_model(seed) for seed in (0, 1, 2)]
+    image = torch.randn(1, 3, 24, 24)
+    alone = [peak_response_maps(m, image, batched=False) for m in models]
+    keep = [None, 2, 0]  # all peaks, the first two, none
+
+    def select(t, model, crm):
+        peaks, _ = model.find_peaks(crm)
+        return peaks if keep[t] is None else peaks[: keep[t]]
+
+    stacked = stacked_peak_response_maps(models, image, select, chunk=3)
+    assert len(stacked) == 3
+    for t, ((p, maps, crm), (p_ref, maps_ref, crm_ref)) in enumerate(zip(stacked, alone)):
+        n = len(p_ref) if keep[t] is None else keep[t]
+        assert torch.equal(p, p_ref[:n])
+        torch.testing.assert_close(crm, crm_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(maps, maps_ref[:n], atol=1e-5, rtol=1e-5)
+    assert len(alone[0][0]) > 3  # more peaks than one chunk, so slots span chunks

@@ -21,9 +21,9 @@ one-backward-per-peak loop.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,7 @@ def _positive_twin(conv: nn.Conv2d) -> nn.Conv2d:
     twin.__dict__.pop("forward", None)
     weight = nn.Parameter(torch.relu(conv.weight.detach()), requires_grad=False)
     twin.__dict__["_parameters"] = {"weight": weight, "bias": None}
+    twin.__dict__["source_weight"] = conv.weight
     return twin
 
 
@@ -143,13 +144,22 @@ class _ConvInputGrad(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, g, weight, in_shape, stride, groups, dilation):
-        if in_dims[1] is not None:
-            raise RuntimeError("peak backpropagation batches gradients, not weights")
-        g = g.movedim(in_dims[0], 0)
-        k, n = g.shape[:2]
-        out = torch.nn.grad.conv2d_input((k * n,) + tuple(in_shape), weight, g.reshape(k * n, *g.shape[2:]),
-                                         stride, 0, dilation, groups)
-        return out.reshape(k, n, *out.shape[1:]), 0
+        if in_dims[1] is None:  # peaks: fold them into the batch dimension
+            g = g.movedim(in_dims[0], 0)
+            k, n = g.shape[:2]
+            out = torch.nn.grad.conv2d_input((k * n,) + tuple(in_shape), weight, g.reshape(k * n, *g.shape[2:]),
+                                             stride, 0, dilation, groups)
+            return out.reshape(k, n, *out.shape[1:]), 0
+        # stacked networks (one weight each): fold them into the channel groups, one kernel call
+        weight = weight.movedim(in_dims[1], 0)
+        m = weight.shape[0]
+        g = g.movedim(in_dims[0], 0) if in_dims[0] is not None else g.expand(m, *g.shape)
+        n, c_out = g.shape[1], g.shape[2]
+        g = g.transpose(0, 1).reshape(n, m * c_out, *g.shape[3:])
+        c_in = in_shape[0]
+        out = torch.nn.grad.conv2d_input((n, m * c_in) + tuple(in_shape[1:]), weight.reshape(m * c_out, *weight.shape[2:]),
+                                         g, stride, 0, dilation, groups * m)
+        return out.reshape(n, m, c_in, *out.shape[2:]).transpose(0, 1), 0
 
 
 class _PiecewiseLinear(torch.autograd.Function):
@@ -204,10 +214,13 @@ def _fast_peak_conv_forward(conv: nn.Conv2d, twin: nn.Conv2d, x: torch.Tensor) -
     if pads is None:
         return _peak_conv_forward(conv, twin, x)
     with torch.no_grad():
+        # relu(W) of the weight in use: under functional_call (stacked networks) that is not the
+        # weight the twin copied on entry
+        pos_weight = twin.weight if conv.weight is twin.source_weight else conv.weight.detach().clamp(min=0)
         shifted = x - x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
-        norm = F.conv2d(F.pad(shifted, pads), twin.weight, None, conv.stride, 0, conv.dilation, conv.groups)
+        norm = F.conv2d(F.pad(shifted, pads), pos_weight, None, conv.stride, 0, conv.dilation, conv.groups)
         inv_norm = torch.where(norm < EPS, 0.0, 1.0 / (norm.abs() + EPS))
-    return _PeakConv2d.apply(x, conv.weight, conv.bias, twin.weight, shifted, inv_norm, pads,
+    return _PeakConv2d.apply(x, conv.weight, conv.bias, pos_weight, shifted, inv_norm, pads,
                              tuple(conv.stride), tuple(conv.dilation), conv.groups)
 
 
@@ -359,6 +372,65 @@ def peak_response_maps(model: PRMNet, image: torch.Tensor, peaks: torch.Tensor |
             grads = backprop_peaks(crm, image, peaks)
         prms = normalise_prms(grads)
     return peaks, prms.detach(), crm.detach()[0]
+
+
+class _StackedCRM(nn.Module):
+    """``net.crm`` as a module's forward, so that ``functional_call`` can run it with other weights."""
+
+    def __init__(self, net: PRMNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.crm(images)
+
+
+PeakSelector = Callable[[int, PRMNet, torch.Tensor], torch.Tensor]
+
+
+def stacked_peak_response_maps(models: Sequence[PRMNet], image: torch.Tensor, select: PeakSelector, *,
+                               chunk: int = 16) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`peak_response_maps` of several networks of one architecture on the same image
+    (1, 3, H, W), batched over the networks as well as the peaks: the weights are stacked
+    (``torch.func.stack_module_state``) and vmapped, so the M forward passes are one, and every
+    backward pass carries the k-th peak of each network (networks with fewer peaks get a zero
+    gradient there). ``select(t, model, crm)`` gives network t's peaks (K_t, 4) from its upsampled
+    CRM (1, C, h, w). Returns ``[(peaks, prms, crm (C, h, w))]`` per network, equal to
+    ``peak_response_maps(model, image, peaks=...)`` of each (tests)."""
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"stacked_peak_response_maps takes one image (1, 3, H, W), got {tuple(image.shape)}")
+    if len(models) == 0:
+        return []
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(peak_backprop(model))
+        wrapped = [_StackedCRM(m) for m in models]
+        params, buffers = torch.func.stack_module_state(wrapped)
+        params = {k: v.detach() for k, v in params.items()}
+        base = wrapped[0]
+
+        def crm_of(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(base, (p, b), (x,))
+
+        images = image.detach().expand(len(models), *image.shape)
+        crms, vjp_fn = torch.func.vjp(lambda xs: torch.func.vmap(crm_of)(params, buffers, xs), images)
+        crms = crms.detach()  # (M, 1, C, h, w)
+        peaks = [select(t, m, crms[t]).to(crms.device) for t, m in enumerate(models)]
+        slots = max(len(p) for p in peaks)
+        grads = [image.new_zeros((len(p),) + tuple(image.shape[1:])) for p in peaks]
+        for start in range(0, slots, chunk):
+            n = min(chunk, slots - start)
+            onehots = crms.new_zeros((n,) + tuple(crms.shape))
+            for t, p in enumerate(peaks):
+                part = p[start:start + n]
+                k = torch.arange(len(part), device=crms.device)
+                onehots[k, t, part[:, 0], part[:, 1], part[:, 2], part[:, 3]] = 1
+            g, = torch.func.vmap(vjp_fn)(onehots)  # (n, M, 1, 3, H, W)
+            for t, p in enumerate(peaks):
+                used = max(0, min(n, len(p) - start))
+                if used:
+                    grads[t][start:start + used] = g[:used, t, 0]
+    return [(p, normalise_prms(g).detach(), crms[t, 0]) for t, (p, g) in enumerate(zip(peaks, grads))]
 
 
 def _select_peaks(model: PRMNet, crm: torch.Tensor, class_threshold: float | None,

@@ -14,9 +14,12 @@ Training (Algorithm 1, multi-stage erasing refinement), for t = 1..T:
 
 Inference (EPRM + SGPO), per image:
 1. each of the T networks gives its peaks (class score >= ``prm.class_threshold``, at most
-   ``max_peaks_per_class`` per class) and their PRMs, the peaks of one network in one batched
-   backward pass (``peak_backprop``); the networks run one after the other -- they have different
-   weights, so their graphs cannot share a pass;
+   ``max_peaks_per_class`` per class) and their PRMs. With batched peak backprop (``peak_backprop:
+   batched``, or ``auto`` on CUDA) the T networks' weights are stacked and vmapped, so one forward
+   pass serves all of them and each backward pass carries a peak of every network
+   (:func:`~wsis.cues.peak_backprop.stacked_peak_response_maps`); with ``loop`` (``auto`` on a CPU,
+   where it measured faster: ``benchmarks/bench_mser_speed.py``) the networks and their peaks run one
+   after the other. Same maps either way;
 2. fusion into the enhanced PRM (the paper does not say how; Section 3.3 says that the regions of
    the stages "will be separately assigned a proposal" and that NMS "will combine these highly
    overlapped proposals"): ``fusion="union"`` (default) keeps every peak of every stage as an
@@ -52,7 +55,7 @@ from wsis.backbones import create_backbone
 from wsis.config import from_dict, load_config, to_dict
 from wsis.cues.erasing import (EraseTransform, ErasingConfig, apply_erase, erase_mask, fill_value, load_mask,
                                save_mask)
-from wsis.cues.peak_backprop import peak_response_maps
+from wsis.cues.peak_backprop import peak_response_maps, stacked_peak_response_maps
 from wsis.cues.prm import PRMNet, peak_stimulation, prm_loss, prm_optimizer
 from wsis.cues.saliency import get_saliency
 from wsis.data.images import atomic_write, load_image
@@ -108,7 +111,12 @@ def top_peaks(peaks: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor, 
 def select_peaks(model: PRMNet, x: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig) -> torch.Tensor:
     """Peaks of one image (1, 3, S, S) whose class is ``allowed`` (C,) bool, or, when None, whose
     class score is >= ``prm.class_threshold`` (inference)."""
-    crm = model.crm(x)
+    return peaks_from_crm(model, model.crm(x), allowed, cfg)
+
+
+def peaks_from_crm(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig
+                   ) -> torch.Tensor:
+    """:func:`select_peaks` from an already computed upsampled CRM (1, C, h, w)."""
     peaks, values = model.find_peaks(crm)
     if allowed is None:
         allowed = peak_stimulation(crm, model.win_size, model.peak_filter)[0] >= cfg.prm.class_threshold
@@ -339,12 +347,16 @@ class MSERSGPOPredictor:
     def stage_responses(self, x: torch.Tensor, skip: int = 0) -> list[StageResponse]:
         """Peaks, PRMs and upsampled class maps of every used stage (but the first ``skip``) for one
         prepared image (1, 3, S, S)."""
+        models = self.models[skip: self.cfg.stages]
+        batched = _batched(self.cfg, self.device)
+        if batched and len(models) > 1:  # one pass over the stacked networks, peaks batched too
+            maps = stacked_peak_response_maps(models, x, lambda t, m, crm: peaks_from_crm(m, crm, None, self.cfg))
+        else:
+            maps = [peak_response_maps(m, x, peaks=select_peaks(m, x, None, self.cfg), batched=batched) for m in models]
         out = []
-        size = x.shape[-2:]
-        for model in self.models[skip: self.cfg.stages]:
-            peaks = select_peaks(model, x, None, self.cfg)
-            peaks, prms, crm = peak_response_maps(model, x, peaks=peaks, batched=_batched(self.cfg, self.device))
-            class_maps = torch.nn.functional.interpolate(crm[None], size=size, mode="bicubic", align_corners=False)[0]
+        for peaks, prms, crm in maps:
+            class_maps = torch.nn.functional.interpolate(crm[None], size=x.shape[-2:], mode="bicubic",
+                                                         align_corners=False)[0]
             out.append(StageResponse(peaks.cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy(),
                                      int(max(crm.shape[-2:]))))
         return out
