@@ -18,7 +18,7 @@ Inference (EPRM + SGPO), per image:
    batched``, or ``auto`` on CUDA) the T networks' weights are stacked and vmapped, so one forward
    pass serves all of them and each backward pass carries a peak of every network
    (:func:`~wsis.cues.peak_backprop.stacked_peak_response_maps`); with ``loop`` (``auto`` on a CPU,
-   where it measured faster: ``benchmarks/bench_mser_speed.py``) the networks and their peaks run one
+   where it measured faster: ``benchmarks/bench_peak_backprop.py --networks 2``) the networks and their peaks run one
    after the other. Same maps either way;
 2. fusion into the enhanced PRM (the paper does not say how; Section 3.3 says that the regions of
    the stages "will be separately assigned a proposal" and that NMS "will combine these highly
