@@ -273,3 +273,14 @@ def test_coco_val50():
         by_image.setdefault(a["image_id"], []).append(a["area"])
     for rec in records:
         assert mask_ops.area(rec.gt.rles()).tolist() == by_image[rec.image_id]
+
+
+def test_image_folder_next_to_the_json_is_found(tmp_path):
+    """The layout `wsis synth` / `wsis demo` write (annotations.json beside images/) needs no image root."""
+    from wsis.data.coco import read_coco as read, write_coco_gt as write
+    from wsis.data.synthetic import make_scenes as scenes
+
+    write(scenes(tmp_path / "split", num_images=2, seed=0, image_size=(32, 32)), tmp_path / "split" / "annotations.json")
+    records = read(tmp_path / "split" / "annotations.json")
+    assert len(records) == 2
+    assert all(r.path.parent == tmp_path / "split" / "images" for r in records)

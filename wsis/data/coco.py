@@ -84,10 +84,10 @@ def _xywh_to_xyxy(box: Any, path: Path, what: str) -> list[float]:
 def _guess_image_root(json_path: Path, first_file: str | None) -> Path:
     folder = json_path.parent
     stem = json_path.stem
-    candidates = [folder]
+    candidates = [folder, folder / "images"]  # the latter: what `wsis synth` and `wsis demo` write
     if stem.startswith("instances_"):
         name = stem[len("instances_"):]
-        candidates = [folder.parent / name, folder / name, folder]
+        candidates = [folder.parent / name, folder / name] + candidates
     if first_file is None:
         return next((c for c in candidates if c.is_dir()), folder)
     for candidate in candidates:
