@@ -16,6 +16,7 @@ METHODS: dict[str, str] = {
     "mser_sgpo": "wsis.methods.mser_sgpo",
     "wise": "wsis.methods.wise",
     "maskrcnn": "wsis.methods.maskrcnn",
+    "pdsl": "wsis.methods.pdsl",
 }
 
 

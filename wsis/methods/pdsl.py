@@ -1,0 +1,190 @@
+"""PDSL (Shen et al., "Parallel Detection-and-Segmentation Learning for Weakly Supervised Instance
+Segmentation", ``papers/002``) as a method: one network trained end to end on image tags, with a
+WSDDN + OICR detection branch and a GrabCut-seeded, self-trained segmentation branch tied by the
+instance-activation correlation loss (:mod:`wsis.pdsl` says how and what differs from the paper).
+
+Training (``fit``): the tags only (ground truth is stripped before anything else sees the records);
+proposals of every training image are generated first (cached on disk by image content and
+settings); then the shared :class:`~wsis.engine.Trainer` runs the schedule given in iterations
+(``ceil(iterations / steps_per_epoch)`` epochs, lr warm-up and x0.1 steps per iteration, as
+:mod:`wsis.methods.maskrcnn`), checkpointing to ``workdir/last.pt`` and resuming from it exactly:
+data order, augmentation and the mask branch's RoI sample are functions of (seed, epoch, image), and
+GrabCut masks are a function of (image, box), cached under ``grabcut.cache_dir``.
+
+Workdir: ``proposals/`` and ``grabcut/`` (unless cache dirs are given), ``last.pt``, ``log.jsonl``,
+``model.pt``, ``method.json`` (config, classes, signal, train_seconds summed over resumed runs).
+
+Ablations (paper Table 1): ``model.refine_heads=0`` (n^r), ``model.mask_heads=0`` (n^m),
+``loss.correlation=false`` (L_ACL), ``loss.n_seed=1`` (n_seed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wsis import masks as mask_ops
+from wsis.config import from_dict, load_config, to_dict
+from wsis.data.images import atomic_write, load_image
+from wsis.engine import Trainer, pick_device
+from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
+from wsis.engine.distributed import is_main
+from wsis.errors import InputError
+from wsis.methods import read_meta
+from wsis.methods.maskrcnn import lr_factor
+from wsis.pdsl.config import PDSLMethodConfig, PDSLScheduleConfig
+from wsis.pdsl.data import PDSLDataset, ProposalBoxes, collate
+from wsis.pdsl.inference import detect_and_segment
+from wsis.pdsl.model import PDSLNet, build_pdsl
+from wsis.pdsl.seeds import GrabCutCache
+from wsis.proposals.cache import ProposalCache
+from wsis.structures import ImageRecord, Instances, RecordSet
+
+MODEL_FILE = "model.pt"
+META_FILE = "method.json"
+
+
+def tags_only(records: RecordSet) -> RecordSet:
+    """The records with their tags and nothing else: ground truth must not reach training."""
+    return RecordSet([ImageRecord(r.image_id, r.path, r.width, r.height, tags=r.tags, file_name=r.file_name)
+                      for r in records], dict(records.categories), records.name)
+
+
+def _check(cfg: PDSLMethodConfig, source: str) -> None:
+    problems = []
+    if cfg.loss.n_seed < 1:
+        problems.append(f"loss.n_seed must be >= 1, got {cfg.loss.n_seed}")
+    if cfg.loss.mask_rois is not None and cfg.loss.mask_rois < 1:
+        problems.append(f"loss.mask_rois must be >= 1 or null, got {cfg.loss.mask_rois}")
+    if not cfg.augment.scales or not cfg.test.scales:
+        problems.append("augment.scales and test.scales must not be empty")
+    if not 0 < cfg.augment.crop <= 1:
+        problems.append(f"augment.crop must be in (0, 1], got {cfg.augment.crop}")
+    if cfg.schedule.iterations < 0 or cfg.schedule.batch_size < 1:
+        problems.append("schedule.iterations must be >= 0 and schedule.batch_size >= 1")
+    if problems:
+        raise InputError(source, problems[0])
+
+
+def cache_dirs(cfg: PDSLMethodConfig, workdir: Path) -> tuple[Path, Path]:
+    proposals = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
+    grabcut = Path(cfg.grabcut.cache_dir) if cfg.grabcut.cache_dir else workdir / "grabcut"
+    return proposals, grabcut
+
+
+def pdsl_optimizer(model: PDSLNet, sched: PDSLScheduleConfig) -> torch.optim.SGD:
+    """SGD over the trainable parameters; the backbone's at ``backbone_lr_mult`` x the rate, the mask
+    heads' at ``mask_lr_mult`` x."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    masks = [p for p in model.masker.parameters() if p.requires_grad]
+    special = {id(p) for p in backbone + masks}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    groups = [{"params": rest}, {"params": masks, "lr": sched.lr * sched.mask_lr_mult}]
+    if backbone:
+        groups.append({"params": backbone, "lr": sched.lr * sched.backbone_lr_mult})
+    return torch.optim.SGD(groups, lr=sched.lr, momentum=sched.momentum, weight_decay=sched.weight_decay)
+
+
+def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
+        workdir: str | Path = "runs/pdsl") -> "PDSLPredictor":
+    """Train PDSL on the records' tags; resumes from ``workdir`` when interrupted."""
+    cfg = load_config(PDSLMethodConfig, config, list(overrides))
+    _check(cfg, str(config) if config else "command line")
+    workdir = Path(workdir)
+    records = tags_only(records)
+    if len(records) == 0 or not any(r.tags for r in records):
+        raise InputError(records.name or "dataset", "no image has tags: PDSL trains on image-level labels")
+    category_ids = sorted(records.categories)
+    proposal_dir, grabcut_dir = cache_dirs(cfg, workdir)
+    proposal_cache = ProposalCache(proposal_dir)
+    started = time.perf_counter()
+    proposal_cache.generate_all([r.path for r in records], cfg.proposals.method, workers=1,
+                                progress=is_main(), **cfg.proposals.settings)
+
+    torch.manual_seed(cfg.seed)
+    model = build_pdsl(cfg.model, len(category_ids), cfg.loss, cfg.seed)
+    grabcut = GrabCutCache(grabcut_dir, cfg.grabcut.iterations, cfg.grabcut.margin, cfg.grabcut.max_side)
+    paths = [r.path for r in records]
+    model.seed_masks = lambda index, boxes: grabcut.masks(paths[index], boxes)
+    dataset = PDSLDataset(records.records, category_ids,
+                          ProposalBoxes(proposal_cache, cfg.proposals.method, cfg.proposals.settings),
+                          cfg.augment, model.backbone.normalize, cfg.seed)
+    sched = cfg.schedule
+    steps_per_epoch = math.ceil(len(dataset) / sched.batch_size)
+    epochs = math.ceil(sched.iterations / steps_per_epoch)
+    optimizer = pdsl_optimizer(model, sched)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
+    meta: dict[str, Any] = {"method": "pdsl", "config": to_dict(cfg), "category_ids": category_ids,
+                            "categories": {str(k): v for k, v in records.categories.items()},
+                            "signal": "image-level tags", "epochs": epochs, "steps": epochs * steps_per_epoch}
+
+    def step(net: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        losses = net(batch)
+        return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
+
+    Trainer(model, optimizer, step_fn=step, scheduler=scheduler, scheduler_interval="step", workdir=workdir,
+            epochs=epochs, device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
+            num_workers=cfg.num_workers, collate_fn=collate, log_every=sched.log_every, grad_clip=sched.grad_clip,
+            checkpoint_every=sched.checkpoint_every, config=meta,
+            # an untagged image leaves the mask branch out of the graph
+            find_unused_parameters=True).fit(dataset)
+    previous = workdir / META_FILE
+    before = json.loads(previous.read_text()).get("train_seconds", 0.0) if previous.is_file() else 0.0
+    meta["train_seconds"] = before + time.perf_counter() - started
+    meta["grabcut_computed_this_run"] = grabcut.computed
+    model.seed_masks = None
+    if is_main():
+        save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
+        with atomic_write(workdir / META_FILE) as f:
+            json.dump(meta, f, indent=2)
+    return PDSLPredictor(model, cfg, category_ids, records.categories, workdir)
+
+
+def load(workdir: str | Path) -> "PDSLPredictor":
+    workdir = Path(workdir)
+    meta = read_meta(workdir)
+    cfg = from_dict(PDSLMethodConfig, meta["config"], str(workdir / META_FILE))
+    category_ids = [int(c) for c in meta["category_ids"]]
+    model = build_pdsl(cfg.model, len(category_ids), cfg.loss, cfg.seed, pretrained=False)
+    try:
+        model.load_state_dict(load_checkpoint(workdir / MODEL_FILE)["model"])
+    except (KeyError, RuntimeError) as e:
+        raise InputError(workdir / MODEL_FILE, f"checkpoint does not fit the configured model: {str(e)[:200]}") from None
+    categories = {int(k): v for k, v in meta["categories"].items()}
+    return PDSLPredictor(model, cfg, category_ids, categories, workdir)
+
+
+class PDSLPredictor:
+    """A trained PDSL network: proposals (cached) -> multi-scale detections -> masks."""
+
+    def __init__(self, model: PDSLNet, cfg: PDSLMethodConfig, category_ids: list[int],
+                 categories: dict[int, str], workdir: Path) -> None:
+        self.device = pick_device(cfg.device)
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+        self.category_ids = category_ids
+        self.categories = categories
+        self.proposal_cache = ProposalCache(cache_dirs(cfg, Path(workdir))[0])
+
+    def proposal_boxes(self, record: ImageRecord) -> np.ndarray:
+        props = self.proposal_cache.get_or_compute(record.path, self.cfg.proposals.method, **self.cfg.proposals.settings)
+        return props.boxes
+
+    def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
+        image = load_image(record.path) if image is None else image
+        found = detect_and_segment(self.model, image, self.proposal_boxes(record), self.cfg.test, self.device)
+        labels = np.asarray(self.category_ids, np.int64)[found.classes] if len(found.classes) else np.zeros(0, np.int64)
+        return Instances(image.shape[:2], boxes=found.boxes, labels=labels, scores=found.scores,
+                         masks=mask_ops.encode_many(found.masks))
+
+    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
+                        ) -> dict[int, Instances]:
+        return {r.image_id: self.predict(r)
+                for r in tqdm(list(records), desc="predict pdsl", disable=not progress, unit="img")}
