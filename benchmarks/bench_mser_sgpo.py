@@ -29,6 +29,7 @@ from wsis.config import load_config
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
+from wsis.eval.subsets import voc20_ids
 from wsis.methods import mser_sgpo
 from wsis.proposals import generate_proposals
 from wsis.proposals.precomputed import write_npz
@@ -132,12 +133,19 @@ def main() -> None:
         "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(),
                     "cuda": torch.cuda.is_available(), "torch": torch.__version__},
         "rows": [{**r, "delta": r["run"], "all80": evaluate(scored, preds[r["name"]]),
-                  "voc20": evaluate(scored, preds[r["name"]], subset="voc20")} for r in rows],
+                  "voc20": voc20(scored, preds[r["name"]])} for r in rows],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
         json.dump(result, f, indent=2, default=str)
     print(markdown_table(result))
+
+
+def voc20(gt, preds) -> dict | None:
+    """The VOC20-subset report, or None for data without VOC classes (e.g. synthetic scenes)."""
+    if not voc20_ids(gt.categories):
+        return None
+    return evaluate(gt, preds, subset="voc20")
 
 
 def markdown_table(result: dict) -> str:
@@ -148,6 +156,8 @@ def markdown_table(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         for name in ("all80", "voc20"):
+            if row[name] is None:
+                continue
             v, c = row[name]["voc"], row[name]["coco"]
             lines.append(f"| {row['name']} | {row['stages']} | {row['delta']:g} | {row['scoring']} | {name} | "
                          f"{pct(v['mAP']['0.25'])} | {pct(v['mAP']['0.5'])} | {pct(v['mAP']['0.75'])} | "
