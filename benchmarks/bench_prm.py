@@ -24,6 +24,7 @@ from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
 from wsis.methods import prm as prm_method
+from wsis.methods.trained import META_FILE
 from wsis.proposals import generate_proposals
 from wsis.proposals.precomputed import write_npz
 
@@ -62,7 +63,7 @@ def main() -> None:
     started = time.perf_counter()
     predictor = prm_method.fit(train, config=args.config, overrides=args.overrides, workdir=args.workdir)
     fit_seconds = time.perf_counter() - started
-    meta = json.loads((args.workdir / prm_method.META_FILE).read_text())
+    meta = json.loads((args.workdir / META_FILE).read_text())
     preds, t_prop, t_prm = time_inference(predictor, val, args.limit)
     scored = val.subset(list(preds)) if args.limit else val
 

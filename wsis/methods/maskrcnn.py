@@ -12,7 +12,6 @@ and :func:`load_detector`.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,22 +22,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wsis.config import from_dict, load_config, to_dict
-from wsis.data.images import atomic_write, load_image
+from wsis.config import load_config, to_dict
+from wsis.data.images import load_image
 from wsis.detectors.maskrcnn import (AugmentConfig, DetectorConfig, InstanceDataset, InstancesFn, LabelMap,
                                      build_maskrcnn, collate, detector_optimizer, ground_truth_instances,
                                      maskrcnn_step, predict_instances)
 from wsis.detectors.refine import refine_with_proposals
 from wsis.engine import Trainer, pick_device
-from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis.errors import InputError
-from wsis.methods import read_meta
+from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained
 from wsis.methods.prm import ProposalConfig
 from wsis.proposals.cache import ProposalCache
 from wsis.structures import ImageRecord, Instances, RecordSet
 
-MODEL_FILE = "model.pt"
-META_FILE = "method.json"
 
 
 @dataclass
@@ -117,24 +113,17 @@ def train_detector(records: RecordSet, instances_fn: InstancesFn, cfg: MaskRCNNM
             checkpoint_every=sched.checkpoint_every, config=meta,
             # under torchrun, a step whose images have no instance leaves the mask head out of the graph
             find_unused_parameters=True).fit(dataset)
-    meta["train_seconds"] = time.perf_counter() - started
-    save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
-    with atomic_write(workdir / META_FILE) as f:
-        json.dump(meta, f, indent=2)
+    save_trained(workdir, model, meta, started)
     return DetectorPredictor(model, cfg, labels, records.categories, workdir)
 
 
 def load_detector(workdir: str | Path, cfg_cls: type) -> "DetectorPredictor":
     """The trained detector of a workdir (its ImageNet weights are not needed: the checkpoint has all)."""
     workdir = Path(workdir)
-    meta = read_meta(workdir)
-    cfg = from_dict(cfg_cls, meta["config"], str(workdir / META_FILE))
+    meta, cfg = read_trained(workdir, cfg_cls)
     labels = LabelMap(meta["category_ids"])
     model = build_maskrcnn(cfg.detector, len(labels), pretrained=False)
-    try:
-        model.load_state_dict(load_checkpoint(workdir / MODEL_FILE)["model"])
-    except (KeyError, RuntimeError) as e:
-        raise InputError(workdir / MODEL_FILE, f"checkpoint does not fit the configured detector: {str(e)[:200]}") from None
+    load_weights(model, workdir / MODEL_FILE)
     categories = {int(k): v for k, v in meta["categories"].items()}
     return DetectorPredictor(model, cfg, labels, categories, workdir)
 

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from wsis import masks as mask_ops
 from wsis.backbones import create_backbone
-from wsis.config import from_dict, load_config, to_dict
+from wsis.config import load_config, to_dict
 from wsis.cues.erasing import (EraseTransform, ErasingConfig, apply_erase, erase_mask, fill_value, load_mask,
                                save_mask)
 from wsis.cues.peak_backprop import peak_response_maps, stacked_peak_response_maps
@@ -61,9 +61,10 @@ from wsis.cues.saliency import get_saliency
 from wsis.data.images import atomic_write, load_image
 from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer, pick_device
-from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
+from wsis.engine.checkpoint import save_checkpoint
 from wsis.errors import InputError
 from wsis.methods.prm import PRMMethodConfig, PRMPredictor, _resize_masks_nearest
+from wsis.methods.trained import META_FILE, MODEL_FILE, load_weights, read_trained
 from wsis.retrieval import retrieve
 from wsis.sgpo import SGPOConfig, sgpo_retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
@@ -81,8 +82,6 @@ class MSERSGPOConfig(PRMMethodConfig):
     sgpo: SGPOConfig = field(default_factory=SGPOConfig)
 
 
-MODEL_FILE = "model.pt"
-META_FILE = "method.json"
 STAGE_FILE = "stage.json"
 ERASE_DIR = "erase"
 ERASE_SETTINGS = "settings.json"
@@ -212,7 +211,7 @@ def train_stage(recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOC
 
 def load_stage_model(stage_dir: Path, cfg: MSERSGPOConfig, num_classes: int) -> PRMNet:
     model = build_model(cfg, num_classes, pretrained=False)
-    model.load_state_dict(load_checkpoint(stage_dir / MODEL_FILE)["model"])
+    load_weights(model, stage_dir / MODEL_FILE)
     return model
 
 
@@ -255,14 +254,7 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
 
 def load(workdir: str | Path) -> "MSERSGPOPredictor":
     workdir = Path(workdir)
-    path = workdir / META_FILE
-    if not path.is_file():
-        raise InputError(workdir, f"not a trained workdir ({META_FILE} missing; did training finish?)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"malformed JSON: {e}") from None
-    cfg = from_dict(MSERSGPOConfig, meta["config"], str(path))
+    meta, cfg = read_trained(workdir, MSERSGPOConfig)
     category_ids = [int(c) for c in meta["category_ids"]]
     models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids)) for t in range(1, cfg.stages + 1)]
     categories = {int(k): v for k, v in meta["categories"].items()}

@@ -19,7 +19,6 @@ Ablations (paper Table 1): ``model.refine_heads=0`` (n^r), ``model.mask_heads=0`
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -30,13 +29,12 @@ import torch
 from tqdm import tqdm
 
 from wsis import masks as mask_ops
-from wsis.config import from_dict, load_config, to_dict
-from wsis.data.images import atomic_write, load_image
+from wsis.config import load_config, to_dict
+from wsis.data.images import load_image
 from wsis.engine import Trainer, pick_device
-from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis.engine.distributed import is_main
 from wsis.errors import InputError
-from wsis.methods import read_meta
+from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained
 from wsis.methods.maskrcnn import lr_factor
 from wsis.pdsl.config import PDSLMethodConfig, PDSLScheduleConfig
 from wsis.pdsl.data import PDSLDataset, ProposalBoxes, collate
@@ -46,8 +44,6 @@ from wsis.pdsl.seeds import GrabCutCache
 from wsis.proposals.cache import ProposalCache
 from wsis.structures import ImageRecord, Instances, RecordSet
 
-MODEL_FILE = "model.pt"
-META_FILE = "method.json"
 
 
 def tags_only(records: RecordSet) -> RecordSet:
@@ -135,28 +131,18 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
             checkpoint_every=sched.checkpoint_every, config=meta,
             # an untagged image leaves the mask branch out of the graph
             find_unused_parameters=True).fit(dataset)
-    previous = workdir / META_FILE
-    before = json.loads(previous.read_text()).get("train_seconds", 0.0) if previous.is_file() else 0.0
-    meta["train_seconds"] = before + time.perf_counter() - started
     meta["grabcut_computed_this_run"] = grabcut.computed
     model.seed_masks = None
-    if is_main():
-        save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
-        with atomic_write(workdir / META_FILE) as f:
-            json.dump(meta, f, indent=2)
+    save_trained(workdir, model, meta, started)
     return PDSLPredictor(model, cfg, category_ids, records.categories, workdir)
 
 
 def load(workdir: str | Path) -> "PDSLPredictor":
     workdir = Path(workdir)
-    meta = read_meta(workdir)
-    cfg = from_dict(PDSLMethodConfig, meta["config"], str(workdir / META_FILE))
+    meta, cfg = read_trained(workdir, PDSLMethodConfig)
     category_ids = [int(c) for c in meta["category_ids"]]
     model = build_pdsl(cfg.model, len(category_ids), cfg.loss, cfg.seed, pretrained=False)
-    try:
-        model.load_state_dict(load_checkpoint(workdir / MODEL_FILE)["model"])
-    except (KeyError, RuntimeError) as e:
-        raise InputError(workdir / MODEL_FILE, f"checkpoint does not fit the configured model: {str(e)[:200]}") from None
+    load_weights(model, workdir / MODEL_FILE)
     categories = {int(k): v for k, v in meta["categories"].items()}
     return PDSLPredictor(model, cfg, category_ids, categories, workdir)
 

@@ -14,7 +14,6 @@ Inference, per image (the reference's ``PeakResponseMapping.forward`` + ``instan
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,14 @@ from tqdm import tqdm
 
 from wsis import masks as mask_ops
 from wsis.backbones import create_backbone
-from wsis.config import from_dict, load_config, to_dict
+from wsis.config import load_config, to_dict
 from wsis.cues.peak_backprop import peak_response_maps
 from wsis.cues.prm import PRMConfig, PRMNet, prm_loss, prm_optimizer
-from wsis.data.images import atomic_write, load_image
+from wsis.data.images import load_image
 from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer, pick_device
-from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis.errors import InputError
-from wsis.methods import read_meta
+from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained
 from wsis.proposals import Proposals
 from wsis.proposals.cache import ProposalCache
 from wsis.retrieval import RetrievalConfig, retrieve
@@ -70,8 +68,6 @@ class PRMMethodConfig:
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(proposal_count=None))
 
 
-MODEL_FILE = "model.pt"
-META_FILE = "method.json"
 
 
 def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
@@ -99,26 +95,18 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     Trainer(model, prm_optimizer(model, cfg.prm), step_fn=step, workdir=workdir, epochs=cfg.prm.epochs,
             device=cfg.device, seed=cfg.seed, batch_size=cfg.prm.batch_size, num_workers=cfg.num_workers,
             config=meta).fit(dataset)
-    # wall time summed over resumed runs (a finished run that is fitted again adds ~0)
-    previous = workdir / META_FILE
-    before = json.loads(previous.read_text()).get("train_seconds", 0.0) if previous.is_file() else 0.0
-    meta["train_seconds"] = before + time.perf_counter() - started
-    save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
-    with atomic_write(workdir / META_FILE) as f:
-        json.dump(meta, f, indent=2)
+    save_trained(workdir, model, meta, started)
     return PRMPredictor(model, cfg, category_ids, records.categories, workdir)
 
 
 def load(workdir: str | Path) -> "PRMPredictor":
     workdir = Path(workdir)
-    meta = read_meta(workdir)
-    cfg = from_dict(PRMMethodConfig, meta["config"], str(workdir / META_FILE))
+    meta, cfg = read_trained(workdir, PRMMethodConfig)
     category_ids = [int(c) for c in meta["category_ids"]]
     backbone = create_backbone(cfg.backbone, pretrained=False)
     model = PRMNet(backbone, len(category_ids), sub_pixel_factor=cfg.prm.sub_pixel_factor,
                    win_size=cfg.prm.win_size, peak_filter=cfg.prm.peak_filter)
-    state = load_checkpoint(workdir / MODEL_FILE)
-    model.load_state_dict(state["model"])
+    load_weights(model, workdir / MODEL_FILE)
     categories = {int(k): v for k, v in meta["categories"].items()}
     return PRMPredictor(model, cfg, category_ids, categories, workdir)
 

@@ -34,6 +34,7 @@ from wsis.errors import InputError
 from wsis.methods import prm as prm_method
 from wsis.methods.maskrcnn import (DetectorPredictor, MaskRCNNMethodConfig, load_detector, train_detector)
 from wsis.methods.prm import PRMMethodConfig
+from wsis.methods.trained import META_FILE
 from wsis.proposals.cache import ProposalCache
 from wsis.pseudo_labels import PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances, write_pseudo_labels
 from wsis.structures import ImageRecord, Instances, RecordSet
@@ -63,7 +64,7 @@ class PseudoTargets:
 def fit_prm_stage(records: RecordSet, cfg: WiseMethodConfig, workdir: Path):
     """The trained PRM classifier in ``workdir/prm``: loaded when finished, else trained (or resumed)."""
     prm_dir = workdir / PRM_DIR
-    if (prm_dir / prm_method.META_FILE).is_file():
+    if (prm_dir / META_FILE).is_file():
         return prm_method.load(prm_dir)
     prm_dir.mkdir(parents=True, exist_ok=True)
     config_path = prm_dir / "config.yaml"

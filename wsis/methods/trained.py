@@ -1,0 +1,50 @@
+"""What a finished training run leaves in its workdir -- ``model.pt`` (the weights) and
+``method.json`` (method, config, classes, training time) -- written and read the same way by every
+method."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from wsis.config import from_dict
+from wsis.data.images import atomic_write
+from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
+from wsis.engine.distributed import is_main
+from wsis.errors import InputError
+from wsis.methods import read_meta
+
+MODEL_FILE = "model.pt"
+META_FILE = "method.json"
+
+C = TypeVar("C")
+
+
+def save_trained(workdir: Path, model: torch.nn.Module, meta: dict[str, Any], started: float) -> None:
+    """Weights and ``meta`` (plus ``train_seconds``: wall time since ``started``, summed over the
+    resumed runs of this workdir; a finished run fitted again adds ~0), written by the main process."""
+    previous = workdir / META_FILE
+    before = json.loads(previous.read_text()).get("train_seconds", 0.0) if previous.is_file() else 0.0
+    meta["train_seconds"] = before + time.perf_counter() - started
+    if is_main():
+        save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
+        with atomic_write(previous) as f:
+            json.dump(meta, f, indent=2)
+
+
+def read_trained(workdir: str | Path, config_cls: type[C]) -> tuple[dict[str, Any], C]:
+    """``method.json`` of a finished run and its config as ``config_cls``."""
+    meta = read_meta(workdir)
+    return meta, from_dict(config_cls, meta["config"], str(Path(workdir) / META_FILE))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """``model`` with the weights saved at ``path``; a checkpoint of another model is a clear error."""
+    try:
+        model.load_state_dict(load_checkpoint(path)["model"])
+    except (KeyError, RuntimeError) as e:
+        raise InputError(path, f"checkpoint does not fit the configured model: {str(e)[:200]}") from None
+    return model
