@@ -334,12 +334,15 @@ BatchMode = Literal["vmap", "expand"]
 def peak_response_maps(model: PRMNet, image: torch.Tensor, peaks: torch.Tensor | None = None, *,
                        batched: bool = True, batch_mode: BatchMode = "vmap",
                        class_threshold: float | None = None, peak_threshold: float | None = None,
+                       select: Callable[[torch.Tensor], torch.Tensor] | None = None,
                        chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PRMs of one image (1, 3, H, W): ``(peaks (K, 4) [0, class, y, x], prms (K, H, W), crm (C, h, w))``.
 
     ``peaks`` index the upsampled CRM (``model.crm``); when None they are ``model.find_peaks`` of it,
     keeping, as the reference, those whose class score is >= ``class_threshold`` and whose value is >
-    ``peak_threshold`` (no test when a threshold is None). ``crm`` is the upsampled CRM, detached.
+    ``peak_threshold`` (no test when a threshold is None), or ``select(crm)`` when given (a caller's
+    own rule, applied to this forward pass's CRM (1, C, h, w) instead of a second forward pass).
+    ``crm`` is the upsampled CRM, detached.
     ``batched=False`` is the reference's loop of one backward pass per peak; otherwise ``chunk``
     peaks share a pass, built as ``batch_mode`` says (see :func:`backprop_peaks` and
     :func:`backprop_peaks_expanded`). All modes give the same maps.
@@ -359,7 +362,9 @@ def peak_response_maps(model: PRMNet, image: torch.Tensor, peaks: torch.Tensor |
         else:
             image.requires_grad_(True)
             crm = model.crm(image)
-        if peaks is None:
+        if peaks is None and select is not None:
+            peaks = select(crm.detach())
+        elif peaks is None:
             peaks = _select_peaks(model, crm.detach(), class_threshold, peak_threshold)
         peaks = peaks.to(crm.device)
         if len(peaks) == 0:

@@ -181,3 +181,20 @@ def prm_optimizer(model: PRMNet, cfg: PRMConfig) -> torch.optim.SGD:
     """SGD with the reference's momentum, weight decay and per-group learning rates."""
     return torch.optim.SGD(model.param_groups(cfg.lr, cfg.backbone_lr_mult), lr=cfg.lr,
                            momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def top_peaks(peaks: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor, peak_threshold: float,
+              max_per_class: int) -> torch.Tensor:
+    """The (K, 4) peaks of allowed classes with value > threshold, at most ``max_per_class`` per class
+    (highest first), in their original order."""
+    keep = allowed[peaks[:, 1]] & (values > peak_threshold)
+    idx = torch.nonzero(keep).flatten()
+    if len(idx) == 0:
+        return peaks[:0]
+    # rank of each peak within its class by descending value: sort by (class, -value)
+    order = idx[torch.argsort(values[idx], descending=True, stable=True)]
+    order = order[torch.argsort(peaks[order, 1], stable=True)]
+    classes = peaks[order, 1]
+    first = torch.searchsorted(classes, classes, side="left")
+    rank = torch.arange(len(order), device=peaks.device) - first
+    return peaks[order[rank < max_per_class].sort().values]

@@ -56,7 +56,7 @@ from wsis.config import load_config, to_dict
 from wsis.cues.erasing import (EraseTransform, ErasingConfig, apply_erase, erase_mask, fill_value, load_mask,
                                save_mask)
 from wsis.cues.peak_backprop import peak_response_maps, stacked_peak_response_maps
-from wsis.cues.prm import PRMNet, peak_stimulation, prm_loss, prm_optimizer
+from wsis.cues.prm import PRMNet, peak_stimulation, prm_loss, prm_optimizer, top_peaks
 from wsis.cues.saliency import get_saliency
 from wsis.data.images import atomic_write, load_image
 from wsis.data.torch_data import TagDataset, resize_square
@@ -88,23 +88,6 @@ ERASE_SETTINGS = "settings.json"
 
 
 # -- peaks ---------------------------------------------------------------------------------------
-
-def top_peaks(peaks: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor, peak_threshold: float,
-              max_per_class: int) -> torch.Tensor:
-    """The (K, 4) peaks of allowed classes with value > threshold, at most ``max_per_class`` per class
-    (highest first), in their original order."""
-    keep = allowed[peaks[:, 1]] & (values > peak_threshold)
-    idx = torch.nonzero(keep).flatten()
-    if len(idx) == 0:
-        return peaks[:0]
-    # rank of each peak within its class by descending value: sort by (class, -value)
-    order = idx[torch.argsort(values[idx], descending=True, stable=True)]
-    order = order[torch.argsort(peaks[order, 1], stable=True)]
-    classes = peaks[order, 1]
-    first = torch.searchsorted(classes, classes, side="left")
-    rank = torch.arange(len(order), device=peaks.device) - first
-    return peaks[order[rank < max_per_class].sort().values]
-
 
 @torch.no_grad()
 def select_peaks(model: PRMNet, x: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig) -> torch.Tensor:
@@ -242,8 +225,8 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
         xn = model.backbone.normalize(x[None]).to(device)
         allowed = torch.zeros(len(category_ids), dtype=torch.bool)
         allowed[[column[c] for c in recs[i].tags if c in column]] = True
-        peaks = select_peaks(model, xn, allowed, cfg)
-        _, prms, _ = peak_response_maps(model, xn, peaks=peaks, batched=_batched(cfg, device))
+        _, prms, _ = peak_response_maps(model, xn, select=lambda crm: peaks_from_crm(model, crm, allowed, cfg),
+                                        batched=_batched(cfg, device))
         new = erase_mask(prms.cpu(), cfg.erasing.delta, cfg.erasing.scale)
         previous = torch.from_numpy(load_mask(masks[i])) if masks[i] is not None else torch.zeros_like(new)
         save_mask(out[i], previous | new)
@@ -344,7 +327,8 @@ class MSERSGPOPredictor:
         if batched and len(models) > 1:  # one pass over the stacked networks, peaks batched too
             maps = stacked_peak_response_maps(models, x, lambda t, m, crm: peaks_from_crm(m, crm, None, self.cfg))
         else:
-            maps = [peak_response_maps(m, x, peaks=select_peaks(m, x, None, self.cfg), batched=batched) for m in models]
+            maps = [peak_response_maps(m, x, select=lambda crm, m=m: peaks_from_crm(m, crm, None, self.cfg),
+                                       batched=batched) for m in models]
         out = []
         for peaks, prms, crm in maps:
             class_maps = torch.nn.functional.interpolate(crm[None], size=x.shape[-2:], mode="bicubic",

@@ -29,7 +29,7 @@ from wsis import masks as mask_ops
 from wsis.backbones import create_backbone
 from wsis.config import load_config, to_dict
 from wsis.cues.peak_backprop import peak_response_maps
-from wsis.cues.prm import PRMConfig, PRMNet, prm_loss, prm_optimizer
+from wsis.cues.prm import PRMConfig, PRMNet, peak_stimulation, prm_loss, prm_optimizer, top_peaks
 from wsis.data.images import load_image
 from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer, pick_device
@@ -134,28 +134,18 @@ class PRMPredictor:
         """Peaks' classes (K,), their PRMs (K, S, S) and the class maps (C, S, S) of one image."""
         batched = self.cfg.peak_backprop == "batched" or (
             self.cfg.peak_backprop == "auto" and self.device.type == "cuda")
-        peaks, prms, crm = peak_response_maps(self.model, x, peaks=self._select_peaks(x), batched=batched)
+        peaks, prms, crm = peak_response_maps(self.model, x, select=self._select_peaks, batched=batched)
         size = x.shape[-2:]
         class_maps = F.interpolate(crm[None], size=size, mode="bicubic", align_corners=False)[0]
         return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy()
 
     @torch.no_grad()
-    def _select_peaks(self, x: torch.Tensor) -> torch.Tensor:
-        from wsis.cues.prm import peak_stimulation
-
-        crm = self.model.crm(x)
+    def _select_peaks(self, crm: torch.Tensor) -> torch.Tensor:
+        """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2."""
         scores = peak_stimulation(crm, self.model.win_size, self.model.peak_filter)[0]
         peaks, values = self.model.find_peaks(crm)
-        keep = (scores[peaks[:, 1]] >= self.cfg.prm.class_threshold) & (values > self.peak_threshold)
-        peaks, values = peaks[keep], values[keep]
-        chosen = []
-        for c in peaks[:, 1].unique():
-            idx = torch.nonzero(peaks[:, 1] == c).flatten()
-            top = idx[torch.argsort(values[idx], descending=True)[: self.cfg.max_peaks_per_class]]
-            chosen.append(top)
-        if not chosen:
-            return peaks[:0]
-        return peaks[torch.cat(chosen).sort().values]
+        return top_peaks(peaks, values, scores >= self.cfg.prm.class_threshold, self.peak_threshold,
+                         self.cfg.max_peaks_per_class)
 
     @property
     def peak_threshold(self) -> float:
