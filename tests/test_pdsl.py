@@ -39,6 +39,9 @@ def test_paper_config_has_the_paper_values():
     cpu = load_config(PDSLMethodConfig, CONFIGS / "pdsl_cpu.yaml")
     assert cpu.model.backbone == "tf_efficientnet_lite0" and cpu.proposals.settings["max_proposals"] <= 500
     assert len(cpu.test.scales) < len(t.scales) and cpu.loss.mask_rois is not None
+    demo = load_config(PDSLMethodConfig, CONFIGS / "demo_pdsl.yaml")   # `wsis demo --method pdsl`
+    assert max(demo.augment.scales) <= demo.augment.max_size and demo.model == cpu.model
+    assert demo.loss == cpu.loss and demo.schedule.lr_steps[-1] < demo.schedule.iterations
 
 
 def test_backbone_is_dilated_to_stride_16_and_frozen_in_stages():
@@ -179,6 +182,16 @@ def test_fit_resumes_exactly_predicts_reloads_and_evaluates(tmp_path):
     np.testing.assert_allclose(again.boxes, p.boxes, rtol=1e-4, atol=1e-3)
     report = evaluate(records, preds, detection=True)
     assert set(report["voc"]["mAP"]) == {"0.25", "0.5", "0.7", "0.75"} and "corloc" in report["detection"]
+
+    # soft masks (threshold studies) are the probabilities the hard masks are cut from
+    from wsis.data.images import load_image
+    from wsis.pdsl.inference import detect_and_segment
+
+    image = load_image(records[0].path)
+    args = (whole.model, image, whole.proposal_boxes(records[0]), whole.cfg.test, whole.device)
+    hard, soft = detect_and_segment(*args), detect_and_segment(*args, soft=True)
+    assert soft.masks.dtype == np.float32 and soft.masks.min() >= 0 and soft.masks.max() <= 1
+    np.testing.assert_array_equal(soft.masks > whole.cfg.test.mask_threshold, hard.masks)
 
 
 @pytest.mark.parametrize("ablation", [["model.refine_heads=0"], ["model.mask_heads=0", "loss.correlation=false"]])

@@ -30,7 +30,7 @@ from wsis.pdsl.model import PDSLNet, pad_images
 @dataclass
 class Detections:
     """K detections of one image: xyxy ``boxes`` (original pixels), 0-based ``classes``, ``scores``
-    and (K, H, W) bool ``masks``."""
+    and (K, H, W) ``masks``: bool, or float32 probabilities when asked for ``soft`` masks."""
 
     boxes: np.ndarray
     classes: np.ndarray
@@ -58,8 +58,9 @@ def select_detections(scores: torch.Tensor, boxes: torch.Tensor, cfg: PDSLTestCo
 
 @torch.no_grad()
 def detect_and_segment(model: PDSLNet, image: np.ndarray, proposals: np.ndarray, cfg: PDSLTestConfig,
-                       device: torch.device) -> Detections:
-    """Detections with masks for an RGB uint8 (H, W, 3) image and its (P, 4) proposals."""
+                       device: torch.device, soft: bool = False) -> Detections:
+    """Detections with masks for an RGB uint8 (H, W, 3) image and its (P, 4) proposals; ``soft``
+    returns the pasted mask probabilities instead of thresholding them (for threshold studies)."""
     model.eval()
     h, w = image.shape[:2]
     props = torch.as_tensor(proposals, dtype=torch.float32).reshape(-1, 4)
@@ -107,6 +108,6 @@ def detect_and_segment(model: PDSLNet, image: np.ndarray, proposals: np.ndarray,
             m = m.flip(-1)
         probs = m if probs is None else probs + m
     pasted = paste_masks_in_image((probs / n)[:, None], boxes, (h, w), padding=1)[:, 0]
-    masks = (pasted > cfg.mask_threshold).cpu().numpy()
+    masks = pasted.float().cpu().numpy() if soft else (pasted > cfg.mask_threshold).cpu().numpy()
     return Detections(boxes.cpu().numpy().astype(np.float32), classes.cpu().numpy(),
                       scores.cpu().numpy().astype(np.float32), masks)
