@@ -64,7 +64,7 @@ from wsis.engine import Trainer, pick_device
 from wsis.engine.checkpoint import save_checkpoint
 from wsis.errors import InputError
 from wsis.methods.prm import PRMMethodConfig, PRMPredictor, _resize_masks_nearest
-from wsis.methods.trained import META_FILE, MODEL_FILE, load_weights, read_trained
+from wsis.methods.trained import META_FILE, MODEL_FILE, load_weights, read_trained, trained_categories
 from wsis.retrieval import retrieve
 from wsis.sgpo import SGPOConfig, sgpo_retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
@@ -238,9 +238,8 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
 def load(workdir: str | Path) -> "MSERSGPOPredictor":
     workdir = Path(workdir)
     meta, cfg = read_trained(workdir, MSERSGPOConfig)
-    category_ids = [int(c) for c in meta["category_ids"]]
+    category_ids, categories = trained_categories(meta)
     models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids)) for t in range(1, cfg.stages + 1)]
-    categories = {int(k): v for k, v in meta["categories"].items()}
     return MSERSGPOPredictor(models, cfg, category_ids, categories, workdir)
 
 

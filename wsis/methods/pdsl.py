@@ -34,7 +34,7 @@ from wsis.data.images import load_image
 from wsis.engine import Trainer, pick_device
 from wsis.engine.distributed import is_main
 from wsis.errors import InputError
-from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained
+from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
 from wsis.methods.maskrcnn import lr_factor
 from wsis.pdsl.config import PDSLMethodConfig, PDSLScheduleConfig
 from wsis.pdsl.data import PDSLDataset, ProposalBoxes, collate
@@ -140,10 +140,9 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 def load(workdir: str | Path) -> "PDSLPredictor":
     workdir = Path(workdir)
     meta, cfg = read_trained(workdir, PDSLMethodConfig)
-    category_ids = [int(c) for c in meta["category_ids"]]
+    category_ids, categories = trained_categories(meta)
     model = build_pdsl(cfg.model, len(category_ids), cfg.loss, cfg.seed, pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
-    categories = {int(k): v for k, v in meta["categories"].items()}
     return PDSLPredictor(model, cfg, category_ids, categories, workdir)
 
 

@@ -34,7 +34,7 @@ from wsis.data.images import load_image
 from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer, pick_device
 from wsis.errors import InputError
-from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained
+from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
 from wsis.proposals import Proposals
 from wsis.proposals.cache import ProposalCache
 from wsis.retrieval import RetrievalConfig, retrieve
@@ -102,12 +102,11 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 def load(workdir: str | Path) -> "PRMPredictor":
     workdir = Path(workdir)
     meta, cfg = read_trained(workdir, PRMMethodConfig)
-    category_ids = [int(c) for c in meta["category_ids"]]
+    category_ids, categories = trained_categories(meta)
     backbone = create_backbone(cfg.backbone, pretrained=False)
     model = PRMNet(backbone, len(category_ids), sub_pixel_factor=cfg.prm.sub_pixel_factor,
                    win_size=cfg.prm.win_size, peak_filter=cfg.prm.peak_filter)
     load_weights(model, workdir / MODEL_FILE)
-    categories = {int(k): v for k, v in meta["categories"].items()}
     return PRMPredictor(model, cfg, category_ids, categories, workdir)
 
 

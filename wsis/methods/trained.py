@@ -48,3 +48,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
     except (KeyError, RuntimeError) as e:
         raise InputError(path, f"checkpoint does not fit the configured model: {str(e)[:200]}") from None
     return model
+
+
+def trained_categories(meta: dict[str, Any]) -> tuple[list[int], dict[int, str]]:
+    """The model's category ids (in output-channel order) and id -> name map from ``method.json``,
+    whose JSON keys are strings."""
+    return [int(c) for c in meta["category_ids"]], {int(k): v for k, v in meta["categories"].items()}
