@@ -1,6 +1,8 @@
 """Backbones by name: shapes, preprocessing, the Lite0 key mapping, real ImageNet weights, weight files."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -100,7 +102,7 @@ def test_resnet50_from_a_file_and_from_the_hub_cache(tmp_path, monkeypatch):
     assert torch.equal(body["1.running_var"], reference["bn1.running_var"])
 
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(reference, tmp_path / "hub" / "checkpoints" / "resnet50-0123abcd.pth")
+    os.link(path, tmp_path / "hub" / "checkpoints" / "resnet50-0123abcd.pth")  # not a second 100 MB copy
     _hub_at(monkeypatch, tmp_path / "hub")
     cached = create_imagenet_classifier("resnet50")
     assert torch.equal(cached.network.fc.weight, reference["fc.weight"])

@@ -134,6 +134,34 @@ def test_grad_clip_and_step_scheduler(tmp_path):
     assert [l["lr"] for l in epochs if l["event"] == "epoch"] == pytest.approx([0.1, 0.05])
 
 
+class _TwoParts(nn.Module):
+    """loss = 10 a + 0.5 b: gradients 10 and 0.5, whatever the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(()))
+        self.b = nn.Parameter(torch.ones(()))
+
+    def forward(self, batch):
+        return 10 * self.a + 0.5 * self.b
+
+
+@pytest.mark.parametrize("per_group, a, b", [
+    # each group alone: |10| -> 1, |0.5| stays: a = 1 - 0.1, b = 1 - 0.05
+    (True, 0.9, 0.95),
+    # together: norm sqrt(100.25) -> 1 scales both by 1/10.0125: a = 1 - 0.1*0.99875, b = 1 - 0.1*0.04994
+    (False, 0.900125, 0.995006),
+])
+def test_grad_clip_per_group_spares_the_small_group(tmp_path, per_group, a, b):
+    model = _TwoParts()
+    opt = torch.optim.SGD([{"params": [model.a]}, {"params": [model.b]}], lr=0.1)
+    Trainer(model, opt, step_fn=lambda m, batch: m(batch), workdir=tmp_path, epochs=1, batch_size=1, device="cpu",
+            grad_clip=1.0, grad_clip_per_group=per_group, progress=False,
+            shuffle=False).fit(TensorDataset(torch.zeros(1, 1)))
+    assert model.a.item() == pytest.approx(a, abs=1e-6)
+    assert model.b.item() == pytest.approx(b, abs=1e-6)
+
+
 def test_step_fn_extra_values_are_logged_and_nan_loss_stops(tmp_path):
     model = _line_model()
 

@@ -132,13 +132,17 @@ class Trainer:
     targets)`` may be given for batches of ``(inputs, targets)``. ``config`` (a plain dict) is stored
     in checkpoints. ``scheduler_interval`` is ``"epoch"`` or ``"step"``. ``batch_size``,
     ``num_workers``, ``collate_fn``, ``shuffle`` and ``drop_last`` apply when ``fit`` is given a
-    Dataset (per process under torchrun); a DataLoader is used as given.
+    Dataset (per process under torchrun); a DataLoader is used as given. ``grad_clip`` bounds the
+    gradient norm of all parameters together, or with ``grad_clip_per_group`` that of each optimizer
+    parameter group on its own (so a loss spike in one part of a model does not shrink every other
+    part's step).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, step_fn: StepFn | None = None,
                  loss_fn: LossFn | None = None, scheduler: Any = None, workdir: str | Path, epochs: int,
                  device: str | torch.device = "auto", seed: int = 0, log_every: int = 50,
-                 grad_clip: float | None = None, batch_size: int = 16, num_workers: int = 0,
+                 grad_clip: float | None = None, grad_clip_per_group: bool = False,
+                 batch_size: int = 16, num_workers: int = 0,
                  collate_fn: Callable | None = None, shuffle: bool = True, drop_last: bool = False,
                  checkpoint_every: int | None = None, scheduler_interval: str = "epoch",
                  config: Mapping[str, Any] | None = None, progress: bool = True, resume: bool = True,
@@ -153,7 +157,7 @@ class Trainer:
         self.step_fn = step_fn if step_fn is not None else _loss_step(loss_fn)
         self.workdir = Path(workdir)
         self.epochs, self.device_name, self.seed = epochs, device, seed
-        self.log_every, self.grad_clip = log_every, grad_clip
+        self.log_every, self.grad_clip, self.grad_clip_per_group = log_every, grad_clip, grad_clip_per_group
         self.batch_size, self.num_workers, self.collate_fn = batch_size, num_workers, collate_fn
         self.shuffle, self.drop_last = shuffle, drop_last
         self.checkpoint_every, self.scheduler_interval = checkpoint_every, scheduler_interval
@@ -296,7 +300,11 @@ class Trainer:
             raise FloatingPointError(f"loss is {value} at step {self.global_step + 1}")
         loss.backward()
         if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if self.grad_clip_per_group:
+                for group in self.optimizer.param_groups:
+                    nn.utils.clip_grad_norm_(group["params"], self.grad_clip)
+            else:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self._step_lr = self._lr()
         self.optimizer.step()
         if self.scheduler is not None and self.scheduler_interval == "step":

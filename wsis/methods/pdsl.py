@@ -128,6 +128,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     Trainer(model, optimizer, step_fn=step, scheduler=scheduler, scheduler_interval="step", workdir=workdir,
             epochs=epochs, device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
             num_workers=cfg.num_workers, collate_fn=collate, log_every=sched.log_every, grad_clip=sched.grad_clip,
+            grad_clip_per_group=sched.grad_clip_per_group,
             checkpoint_every=sched.checkpoint_every, config=meta,
             # an untagged image leaves the mask branch out of the graph
             find_unused_parameters=True).fit(dataset)
