@@ -133,6 +133,8 @@ def test_bad_settings_and_untagged_data_are_clean_errors(tmp_path):
         fit(records, None, TINY + ["loss.n_seed=0"], tmp_path / "w")
     with pytest.raises(InputError, match="unknown config key"):
         fit(records, None, TINY + ["loss.nseed=3"], tmp_path / "w")
+    with pytest.raises(InputError, match="correlation_target"):
+        fit(records, None, TINY + ["loss.correlation_target=max"], tmp_path / "w")
     untagged = RecordSet([ImageRecord(r.image_id, r.path, r.width, r.height) for r in records], records.categories)
     with pytest.raises(InputError, match="no image has tags"):
         fit(untagged, None, TINY, tmp_path / "w")
@@ -194,7 +196,8 @@ def test_fit_resumes_exactly_predicts_reloads_and_evaluates(tmp_path):
     np.testing.assert_array_equal(soft.masks > whole.cfg.test.mask_threshold, hard.masks)
 
 
-@pytest.mark.parametrize("ablation", [["model.refine_heads=0"], ["model.mask_heads=0", "loss.correlation=false"]])
+@pytest.mark.parametrize("ablation", [["model.refine_heads=0"], ["model.mask_heads=0", "loss.correlation=false"],
+                                      ["loss.correlation_target=relative"]])
 def test_ablations_train_and_predict(tmp_path, ablation):
     from wsis.data.synthetic import make_scenes
     from wsis.methods.pdsl import fit
@@ -205,6 +208,7 @@ def test_ablations_train_and_predict(tmp_path, ablation):
     assert ("refine_cls" in log) == ("model.refine_heads=0" not in ablation)
     assert ("mask_specific" in log) == ("model.mask_heads=0" not in ablation)
     assert "mask_agnostic" in log
+    assert ("correlation" in log) == ("loss.correlation=false" not in ablation and "model.mask_heads=0" not in ablation)
     out = predictor.predict(records[0])
     assert out.has_masks and len(out) > 0
 

@@ -264,6 +264,20 @@ def test_correlation_loss_by_hand():
     assert correlation_loss(masks[:0], det, torch.tensor([True, True])).item() == 0.0
 
 
+
+def test_relative_detection_activation_divides_by_each_class_best_proposal_per_image():
+    from wsis.pdsl.model import relative_to_best
+
+    # image 0: proposals 0-2, image 1: proposals 3-4; two classes
+    scores = torch.tensor([[0.2, 0.05], [0.1, 0.10], [0.4, 0.02], [0.3, 0.0], [0.6, 0.0]], requires_grad=True)
+    segments = torch.tensor([0, 0, 0, 1, 1])
+    rel = relative_to_best(scores, segments, 2)
+    expected = torch.tensor([[0.5, 0.5], [0.25, 1.0], [1.0, 0.2], [0.5, 0.0], [1.0, 0.0]])
+    assert torch.allclose(rel, expected, atol=1e-6)
+    # the maximum is a constant: d rel / d score = 1 / max for every proposal, the best one included
+    rel[:, 0].sum().backward()
+    assert torch.allclose(scores.grad[:, 0], torch.tensor([2.5, 2.5, 2.5, 1 / 0.6, 1 / 0.6]), atol=1e-5)
+
 # ---------------------------------------------------------------- inference selection
 
 def test_detections_are_ranked_and_suppressed_per_class():

@@ -58,6 +58,8 @@ def _check(cfg: PDSLMethodConfig, source: str) -> None:
         problems.append(f"loss.n_seed must be >= 1, got {cfg.loss.n_seed}")
     if cfg.loss.mask_rois is not None and cfg.loss.mask_rois < 1:
         problems.append(f"loss.mask_rois must be >= 1 or null, got {cfg.loss.mask_rois}")
+    if cfg.loss.correlation_target not in ("score", "relative"):
+        problems.append(f"loss.correlation_target must be 'score' or 'relative', got {cfg.loss.correlation_target!r}")
     if not cfg.augment.scales or not cfg.test.scales:
         problems.append("augment.scales and test.scales must not be empty")
     if not 0 < cfg.augment.crop <= 1:

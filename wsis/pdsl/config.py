@@ -42,6 +42,9 @@ class PDSLLossConfig:
     hard_mask_targets: bool = False
     correlation: bool = True         # L_ACL (Eqs. 6-8)
     tau: float = 5.0
+    # Detection activation of Eq. 8: "score" = S^{n^r}_{p t_p} as in the paper; "relative" = that
+    # score divided by its maximum over the image's proposals for the class (masks.py docstring).
+    correlation_target: str = "score"
 
 
 @dataclass

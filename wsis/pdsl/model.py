@@ -189,13 +189,13 @@ class PDSLNet(nn.Module):
             if out["deltas"]:
                 losses["refine_box"] = refine_box / num_images
 
-        # detection activation of Eq. 8 for each proposal's pseudo class
-        if heads:
+        # detection activation of Eq. 8 for each proposal's pseudo class (column 0: background)
+        if heads and self.loss_cfg.correlation_target == "score":
             final = out["refine"][-1].softmax(dim=1)
-        else:  # S^0 scaled so the best proposal of each class has activation 1 (see masks.py)
-            top = s0.new_zeros(num_images, self.num_classes).scatter_reduce(
-                0, segments[:, None].expand_as(s0), s0.detach(), "amax", include_self=True)
-            final = torch.cat([s0.new_zeros(len(s0), 1), s0 / top[segments].clamp_min(1e-12)], dim=1)
+        else:  # relative to the class's best proposal in the image (see masks.py); S^0 when n^r = 0
+            scores = out["refine"][-1].softmax(dim=1)[:, 1:] if heads else s0
+            final = torch.cat([scores.new_zeros(len(scores), 1),
+                               relative_to_best(scores, segments, num_images)], dim=1)
         losses.update(self._mask_losses(batch, feats, boxes, segments, last, y.detach(), final))
         return losses
 
@@ -247,6 +247,14 @@ class PDSLNet(nn.Module):
             if lc.correlation:
                 out["correlation"] = correlation_loss(specific.sigmoid(), cat["det"], cat["fg"], lc.tau)
         return out
+
+
+def relative_to_best(scores: torch.Tensor, segments: torch.Tensor, num_images: int) -> torch.Tensor:
+    """(N, C) proposal scores divided by the (detached) maximum of each class over its image's
+    proposals: the best proposal of each class has activation 1."""
+    top = scores.new_zeros(num_images, scores.shape[1]).scatter_reduce(
+        0, segments[:, None].expand_as(scores), scores.detach(), "amax", include_self=True)
+    return scores / top[segments].clamp_min(1e-12)
 
 
 def build_pdsl(cfg: PDSLModelConfig, num_classes: int, loss: PDSLLossConfig | None = None, seed: int = 0,
