@@ -32,6 +32,7 @@ def test_paper_config_has_the_paper_values():
     cfg = load_config(PDSLMethodConfig, CONFIGS / "pdsl.yaml")
     m, s, a, t = cfg.model, cfg.schedule, cfg.augment, cfg.test
     assert (m.refine_heads, m.mask_heads, cfg.loss.n_seed, cfg.loss.tau, cfg.loss.correlation) == (4, 4, 10, 5.0, True)
+    assert cfg.loss.correlation_target == "score"   # Eq. 8 as written
     assert (s.lr, s.momentum, s.iterations, s.batch_size, m.dropout) == (0.01, 0.9, 240000, 1, 0.5)
     assert a.scales == list(range(480, 1217, 32)) and (a.crop, a.hsv, a.hflip) == (0.9, 1.5, True)
     assert t.scales == [480, 576, 672, 768, 864, 960, 1056, 1152] and t.flip and t.nms_threshold == 0.5
