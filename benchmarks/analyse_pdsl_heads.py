@@ -147,7 +147,8 @@ def training_signals(predictor: "pdsl.PDSLPredictor", workdir: Path, train, num_
     clip = cfg.schedule.grad_clip
     out = {"grad_norms": {k: {"median": statistics.median(v), "max": max(v)} for k, v in norms.items()},
            "global_clip_shrinks_masks": (float(np.mean([n > clip for n in norms["all"]])) if clip else None),
-           "correlation_target": cfg.loss.correlation_target}
+           # with n^r = 0 Eq. 8 always uses S^0 relative to the best proposal (wsis/pdsl/masks.py)
+           "correlation_target": cfg.loss.correlation_target if cfg.model.refine_heads else "relative S^0"}
     if activations:
         a = torch.cat(activations)
         out["detection_activation"] = {f"q{int(q * 100)}": float(torch.quantile(a, q)) for q in (0.1, 0.5, 0.9)}
