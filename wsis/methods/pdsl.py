@@ -15,7 +15,10 @@ Workdir: ``proposals/`` and ``grabcut/`` (unless cache dirs are given), ``last.p
 ``model.pt``, ``method.json`` (config, classes, signal, train_seconds summed over resumed runs).
 
 Ablations (paper Table 1): ``model.refine_heads=0`` (n^r), ``model.mask_heads=0`` (n^m),
-``loss.correlation=false`` (L_ACL), ``loss.n_seed=1`` (n_seed).
+``loss.correlation=false`` (L_ACL), ``loss.n_seed=1`` (n_seed). The CPU configs (``pdsl_cpu.yaml``,
+``demo_pdsl.yaml``) have L_ACL off: on their short schedules it drives every class-specific mask
+under the 0.5 cut (the configs' headers and ``benchmarks/results/pdsl.md`` give the measurements);
+``loss.correlation=true`` turns it back on.
 """
 from __future__ import annotations
 
