@@ -38,9 +38,9 @@ from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.masks import decode_many
 from wsis.methods import pdsl
-from wsis.methods.pdsl import GrabCutCache, cache_dirs
+from wsis.methods.pdsl import cache_dirs, training_data
 from wsis.methods.trained import MODEL_FILE
-from wsis.pdsl.data import PDSLDataset, ProposalBoxes, collate, resize_image, resize_scale
+from wsis.pdsl.data import collate, resize_image, resize_scale
 from wsis.pdsl.model import pad_images
 from wsis.proposals.cache import ProposalCache
 
@@ -115,13 +115,8 @@ def training_signals(predictor: "pdsl.PDSLPredictor", workdir: Path, train, num_
     model, cfg = predictor.model, predictor.cfg
     model.train()
     proposal_dir, grabcut_dir = cache_dirs(cfg, workdir)
-    grabcut = GrabCutCache(grabcut_dir, cfg.grabcut.iterations, cfg.grabcut.margin, cfg.grabcut.max_side)
     records = [r for r in train.records if r.tags]
-    paths = [r.path for r in records]
-    model.seed_masks = lambda i, boxes: grabcut.masks(paths[i], boxes)
-    data = PDSLDataset(records, predictor.category_ids,
-                       ProposalBoxes(ProposalCache(proposal_dir), cfg.proposals.method, cfg.proposals.settings),
-                       cfg.augment, model.backbone.normalize, cfg.seed)
+    data, _ = training_data(cfg, model, records, predictor.category_ids, ProposalCache(proposal_dir), grabcut_dir)
     activations: list[torch.Tensor] = []
     original = pdsl_model.correlation_loss
 

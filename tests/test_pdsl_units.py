@@ -264,7 +264,6 @@ def test_correlation_loss_by_hand():
     assert correlation_loss(masks[:0], det, torch.tensor([True, True])).item() == 0.0
 
 
-
 def test_relative_detection_activation_divides_by_each_class_best_proposal_per_image():
     from wsis.pdsl.model import relative_to_best
 
@@ -277,6 +276,7 @@ def test_relative_detection_activation_divides_by_each_class_best_proposal_per_i
     # the maximum is a constant: d rel / d score = 1 / max for every proposal, the best one included
     rel[:, 0].sum().backward()
     assert torch.allclose(scores.grad[:, 0], torch.tensor([2.5, 2.5, 2.5, 1 / 0.6, 1 / 0.6]), atol=1e-5)
+
 
 # ---------------------------------------------------------------- inference selection
 

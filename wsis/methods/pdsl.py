@@ -92,6 +92,19 @@ def pdsl_optimizer(model: PDSLNet, sched: PDSLScheduleConfig) -> torch.optim.SGD
     return torch.optim.SGD(groups, lr=sched.lr, momentum=sched.momentum, weight_decay=sched.weight_decay)
 
 
+def training_data(cfg: PDSLMethodConfig, model: PDSLNet, records: Sequence[ImageRecord], category_ids: list[int],
+                  proposal_cache: ProposalCache, grabcut_dir: Path) -> tuple[PDSLDataset, GrabCutCache]:
+    """The training samples of ``records`` and their GrabCut cache, with ``model.seed_masks`` set to
+    read the seeds' masks of the sample at a dataset index from it."""
+    grabcut = GrabCutCache(grabcut_dir, cfg.grabcut.iterations, cfg.grabcut.margin, cfg.grabcut.max_side)
+    paths = [r.path for r in records]
+    model.seed_masks = lambda index, boxes: grabcut.masks(paths[index], boxes)
+    dataset = PDSLDataset(list(records), category_ids,
+                          ProposalBoxes(proposal_cache, cfg.proposals.method, cfg.proposals.settings),
+                          cfg.augment, model.backbone.normalize, cfg.seed)
+    return dataset, grabcut
+
+
 def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
         workdir: str | Path = "runs/pdsl") -> "PDSLPredictor":
     """Train PDSL on the records' tags; resumes from ``workdir`` when interrupted."""
@@ -110,12 +123,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 
     torch.manual_seed(cfg.seed)
     model = build_pdsl(cfg.model, len(category_ids), cfg.loss, cfg.seed)
-    grabcut = GrabCutCache(grabcut_dir, cfg.grabcut.iterations, cfg.grabcut.margin, cfg.grabcut.max_side)
-    paths = [r.path for r in records]
-    model.seed_masks = lambda index, boxes: grabcut.masks(paths[index], boxes)
-    dataset = PDSLDataset(records.records, category_ids,
-                          ProposalBoxes(proposal_cache, cfg.proposals.method, cfg.proposals.settings),
-                          cfg.augment, model.backbone.normalize, cfg.seed)
+    dataset, grabcut = training_data(cfg, model, records.records, category_ids, proposal_cache, grabcut_dir)
     sched = cfg.schedule
     steps_per_epoch = math.ceil(len(dataset) / sched.batch_size)
     epochs = math.ceil(sched.iterations / steps_per_epoch)

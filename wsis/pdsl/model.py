@@ -190,7 +190,9 @@ class PDSLNet(nn.Module):
                 losses["refine_box"] = refine_box / num_images
 
         # detection activation of Eq. 8 for each proposal's pseudo class (column 0: background)
-        if heads and self.loss_cfg.correlation_target == "score":
+        if not (self.loss_cfg.correlation and self.masker.class_heads):
+            final = None  # no correlation term
+        elif heads and self.loss_cfg.correlation_target == "score":
             final = out["refine"][-1].softmax(dim=1)
         else:  # relative to the class's best proposal in the image (see masks.py); S^0 when n^r = 0
             scores = out["refine"][-1].softmax(dim=1)[:, 1:] if heads else s0
@@ -203,7 +205,8 @@ class PDSLNet(nn.Module):
         return oicr_pseudo_labels(boxes, scores, labels, self.loss_cfg.fg_iou, self.loss_cfg.ignore_iou)
 
     def _mask_losses(self, batch: dict, feats: torch.Tensor, boxes: list[torch.Tensor], segments: torch.Tensor,
-                     last: list[PseudoLabels], y: torch.Tensor, final: torch.Tensor) -> dict[str, torch.Tensor]:
+                     last: list[PseudoLabels], y: torch.Tensor, final: torch.Tensor | None
+                     ) -> dict[str, torch.Tensor]:
         lc = self.loss_cfg
         size = 2 * self.cfg.mask_roi_size
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rois", "classes", "targets", "weights", "fg", "det")}
@@ -232,13 +235,14 @@ class PDSLNet(nn.Module):
             parts["classes"].append(classes)
             parts["fg"].append(fg)
             parts["weights"].append(torch.where(fg, y[i, classes], torch.zeros_like(y[i, classes])))
-            parts["det"].append(final[offset + sel, labels])
+            if final is not None:
+                parts["det"].append(final[offset + sel, labels])
             offset += p
         names = ["mask_agnostic"] + (["mask_specific"] if self.masker.class_heads else [])
         names += ["correlation"] if lc.correlation and self.masker.class_heads else []
         if not parts["rois"]:  # no image of the batch is tagged: nothing to segment
             return {k: feats.new_zeros(()) for k in names}
-        cat = {k: torch.cat(v) for k, v in parts.items()}
+        cat = {k: torch.cat(v) for k, v in parts.items() if v}  # no "det" without a correlation term
         agnostic, specific = self.mask_logits(feats, cat["rois"], cat["classes"])
         first, rest = segmentation_loss(agnostic, specific, cat["targets"], cat["weights"], lc.hard_mask_targets)
         out = {"mask_agnostic": first}
