@@ -36,13 +36,6 @@ def test_configs_load(name, cls):
             1, 0.00125, 50000, 800, 1333)
 
 
-def test_wise_and_reference_share_the_schedule():
-    for suffix in ("", "_cpu"):
-        w = load_config(WiseMethodConfig, CONFIGS / f"wise{suffix}.yaml")
-        m = load_config(MaskRCNNMethodConfig, CONFIGS / f"maskrcnn{suffix}.yaml")
-        assert w.schedule == m.schedule and w.detector == m.detector and w.augment == m.augment
-
-
 def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
     # one peak, 4 identical-position candidates of objectness 1..4: draws vary with the epoch
     masks = np.zeros((4, 5, 5), bool)

@@ -4,7 +4,8 @@ input errors naming the file, so a typo never silently trains with a default.
 
 A YAML file may start from others: ``_base_: other.yaml`` (or a list, merged in order) loads those
 first (paths relative to the file, else a name in the package's ``wsis/configs``) and then applies
-the file's own keys on top, section by section. A config named without a folder that does not exist
+the file's own keys on top, section by section; inside a section (``prm: {_base_: prm_cpu.yaml}``)
+the other file fills that section. A config named without a folder that does not exist
 where it is named is looked up in ``wsis/configs`` too, so ``--config prm_cpu.yaml`` works anywhere."""
 from __future__ import annotations
 
@@ -158,7 +159,12 @@ def read_yaml_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise InputError(path, f"malformed YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InputError(path, "a config file must be a mapping of keys to values")
-    bases = data.pop(BASE_KEY, [])
+    return _expand_bases(data, path, seen + (path.resolve(),))
+
+
+def _expand_bases(node: dict, path: Path, seen: tuple[Path, ...]) -> dict:
+    """``node`` with the files its ``_base_`` names (and its sections' ones) merged under it."""
+    bases = node.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
@@ -169,8 +175,8 @@ def read_yaml_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
             base_path = resolve_config(base, path.parent)
         except InputError:
             raise InputError(path, f"{BASE_KEY} file '{base}' not found") from None
-        _merge(tree, read_yaml_config(base_path, seen + (path.resolve(),)))
-    _merge(tree, data)
+        _merge(tree, read_yaml_config(base_path, seen))
+    _merge(tree, {k: _expand_bases(v, path, seen) if isinstance(v, dict) else v for k, v in node.items()})
     return tree
 
 
