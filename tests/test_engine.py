@@ -494,3 +494,28 @@ def test_a_cut_schedule_extended_later_equals_one_run(tmp_path):
     lines = _epoch_lines(tmp_path / "ext")
     assert [(l["step"], l.get("partial", False)) for l in lines] == [(3, False), (6, False), (7, True), (8, True)]
     assert lines[-1]["loss"] == _epoch_lines(tmp_path / "full")[-1]["loss"]
+
+
+def test_a_checkpoint_of_the_trainer_before_hooks_resumes(tmp_path):
+    # the keys the flag-based Trainer wrote: the scheduler's and the epoch's running sums at top level
+    model = _Slope()
+    with torch.no_grad():
+        model.w.fill_(1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step(), sched.step()  # one step done: lr 0.05 (the step itself left w alone: no gradient)
+    save_checkpoint(tmp_path / "last.pt", {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "epoch": 0, "step_in_epoch": 1, "step": 1, "rng": [capture_rng_state()],
+        "running": {"loss": 3.0, "_count": 1.0, "_seconds": 0.5}, "config": {}, "seed": 0, "world_size": 1})
+    fresh = _Slope()
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    Trainer(fresh, opt2, step_fn=lambda m, b: m(b), scheduler=torch.optim.lr_scheduler.StepLR(opt2, 1, 0.5),
+            scheduler_interval="step", workdir=tmp_path, epochs=1, batch_size=1, shuffle=False, device="cpu",
+            progress=False).fit(TensorDataset(torch.zeros(2, 1)))
+    # the second step of epoch 1 at lr 0.05 on loss w = 1: w = 0.95; the epoch's loss is mean(3, 1)
+    assert fresh.w.item() == pytest.approx(0.95)
+    (line,) = _epoch_lines(tmp_path)
+    assert (line["step"], line["loss"], line["lr"]) == (2, pytest.approx(2.0), pytest.approx(0.05))
+    assert line["seconds"] >= 0.5
+    assert load_checkpoint(tmp_path / "last.pt")["scheduler"]["last_epoch"] == 2

@@ -19,7 +19,8 @@ a whole epoch), ``total_epochs``, ``max_iterations`` (None for epoch schedules),
 ``after_epoch``, ``epoch_complete`` (False when the iteration count ended the epoch early).
 
 A hook with a ``state_key`` is stateful: :class:`Checkpointer` stores ``hook.state_dict()`` under that
-key of ``last.pt`` and gives it back through ``load_state_dict`` on resume. The keys ``scheduler``
+key of ``last.pt`` and gives it back through ``load_state_dict`` on resume (None when the
+checkpoint has no such key). The keys ``scheduler``
 and ``running`` are those of the checkpoints written before hooks existed, so old workdirs resume.
 """
 from __future__ import annotations

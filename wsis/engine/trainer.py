@@ -133,8 +133,9 @@ class Trainer:
     resumes (or extends, with a larger count) exactly like any other mid-epoch checkpoint.
 
     Everything else is a hook (:mod:`wsis.engine.hooks`) in ``hooks``. A :class:`MetricsLogger` and a
-    :class:`Checkpointer` are added unless ``hooks`` holds one. The other keyword arguments are kept
-    for the callers written before hooks and build the equivalent hooks, ahead of ``hooks``:
+    :class:`Checkpointer` are added unless ``hooks`` holds one (whose settings then replace
+    ``log_every``/``progress`` or ``checkpoint_every``/``resume``). The other keyword arguments are
+    kept for the callers written before hooks and build the equivalent hooks, ahead of ``hooks``:
 
     * ``grad_clip``, ``grad_clip_per_group`` -> ``GradClip(grad_clip, per_group=grad_clip_per_group)``;
     * ``scheduler``, ``scheduler_interval`` -> ``LRScheduler(scheduler, interval=scheduler_interval)``;
