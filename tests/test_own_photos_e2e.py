@@ -1,0 +1,68 @@
+"""The README's "Your own photos" workflow, command for command, on a handful of real photos from
+../shared/data: a folder of coco128 photos with a tags.csv and COCO's class ids, a tiny schedule,
+predictions on two coco-val50 images, scored against the val json with the class names right and
+only the predicted images counted, then overlays."""
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA
+from PIL import Image
+
+from wsis.cli import main
+
+TRAIN = SHARED_DATA / "coco128" / "annotations" / "instances_train2017.json"
+VAL = SHARED_DATA / "coco-val50" / "annotations" / "instances_val2017.json"
+
+
+def _own_photos(folder: Path, count: int) -> None:
+    """``count`` coco128 photos (shrunk to 160 px: they are "own" photos, so any size will do) and
+    their tags by class name, as a user would write them."""
+    data = json.loads(TRAIN.read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    tags: dict[int, set[str]] = {}
+    for a in data["annotations"]:
+        if not a.get("iscrowd"):
+            tags.setdefault(a["image_id"], set()).add(names[a["category_id"]])
+    folder.mkdir()
+    with open(folder / "tags.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "tags"])
+        for image in sorted(data["images"], key=lambda i: i["file_name"])[:count]:
+            photo = Image.open(SHARED_DATA / "coco128" / "train2017" / image["file_name"]).convert("RGB")
+            photo.thumbnail((160, 160))
+            photo.save(folder / image["file_name"])
+            w.writerow([image["file_name"], ";".join(sorted(tags.get(image["id"], ())))])
+
+
+@pytest.mark.slow
+def test_readme_workflow_on_real_photos(tmp_path, capsys):
+    if not (TRAIN.is_file() and VAL.is_file()):
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    photos, run = tmp_path / "photos", tmp_path / "run"
+    _own_photos(photos, 6)
+    tiny = ["prm.epochs=1", "prm.image_size=64", "prm.batch_size=3", "proposals.settings.max_side=96",
+            "proposals.settings.max_proposals=100"]
+    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *tiny]) == 0
+    trained = json.loads((run / "method.json").read_text())["categories"]
+    val_names = {c["id"]: c["name"] for c in json.loads(VAL.read_text())["categories"]}
+    assert all(val_names[int(k)] == v for k, v in trained.items())  # the folder's classes carry COCO's ids
+
+    results = tmp_path / "results.json"
+    assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--limit", "2", "--out", str(results)]) == 0
+    written = json.loads(results.read_text())
+    first_two = {i["id"] for i in json.loads(VAL.read_text())["images"][:2]}
+    assert {r["image_id"] for r in written} <= first_two  # the json's own image ids
+    assert all(val_names[r["category_id"]] == r["category_name"] for r in written)
+
+    metrics = tmp_path / "metrics.json"
+    capsys.readouterr()
+    assert main(["evaluate", "--gt", str(VAL), "--pred", str(results), "--only-predicted", "--out", str(metrics)]) == 0
+    report = json.loads(metrics.read_text())
+    assert report["images"] == len({r["image_id"] for r in written})
+    assert set(report["voc"]["per_class"]) <= set(val_names.values())
+
+    viz = tmp_path / "overlays"
+    assert main(["visualize", "--data", str(VAL), "--pred", str(results), "--max-images", "2", "--out", str(viz)]) == 0
+    assert (viz / "index.html").is_file() and len(list(viz.glob("*.png"))) == 2
