@@ -277,3 +277,14 @@ def test_8_escaping_name_in_tags_csv_gives_the_line(scene):
     (scene / "photos" / "tags.csv").write_text("image,tags\n11.png,person\n../coco/images/12.png,dog\n")
     with pytest.raises(InputError, match=r"tags.csv: line 3: file name '../coco/images/12.png' escapes"):
         read_folder(scene / "photos", scene / "photos" / "tags.csv")
+
+
+def test_8_configs_by_name(scene, capsys):
+    from wsis.cli import config_path
+
+    assert config_path("prm", "cpu").name == "prm_cpu.yaml"
+    assert config_path("prm", "demo_prm").name == "demo_prm.yaml"
+    code = main(["train", "prm", "--data", str(scene / "photos"), "--workdir", str(scene / "w"), "--config", "tiny"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no config named 'tiny' for prm (named configs: cpu" in err and not (scene / "w").exists()

@@ -180,11 +180,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from wsis.methods import get_method
 
     _check_method_name(args.method)
+    config = config_path(args.method, args.config)
     records = _training_data(args)  # read and decoded before the method (torch) loads or a workdir exists
     method = get_method(args.method)
-    method.fit(records, config=args.config, overrides=args.overrides, workdir=args.workdir)
+    method.fit(records, config=config, overrides=args.overrides, workdir=args.workdir)
     print(f"trained {args.method}; checkpoint and config in {args.workdir}")
     return 0
+
+
+def config_path(method: str, value: str | None) -> Path | None:
+    """``--config``: a YAML path, or a name looked up among the packaged configs: ``METHOD_NAME.yaml``,
+    then ``NAME.yaml``. An unknown name lists the names the method has."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix.lower() in (".yaml", ".yml") or path.is_file() or len(path.parts) > 1:
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        return path
+    folder = Path(__file__).parent / "configs"
+    for candidate in (folder / f"{method}_{value}.yaml", folder / f"{value}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.stem[len(method) + 1:] for p in folder.glob(f"{method}_*.yaml"))
+    raise InputError("--config", f"no config named {value!r} for {method} (named configs: {', '.join(names) or 'none'}; "
+                                 "or give a YAML path)")
 
 
 def _check_method_name(name: str) -> None:
@@ -276,7 +296,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     records = _load(args.data, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    labels = pseudo_label(records, config=args.config, overrides=args.overrides, workdir=args.workdir,
+    labels = pseudo_label(records, config=config_path("wise", args.config), overrides=args.overrides, workdir=args.workdir,
                           out=args.out, mode=args.mode, epoch=args.epoch)
     print(f"{labels.num_instances} pseudo instances on {len(labels)} images -> {args.out}")
     return 0
@@ -349,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pseudo-label", help="WISE pseudo masks (PRM peaks -> proposals) as COCO json for any detector")
     _add_dataset_args(p)
     p.add_argument("--workdir", required=True, type=Path, help="run folder; the PRM stage trains in WORKDIR/prm")
-    p.add_argument("--config", type=Path, help="YAML config of the wise method")
+    p.add_argument("--config", help="YAML config of the wise method, by name ('cpu') or path")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--mode", choices=["argmax", "sample"], default="argmax",
                    help="each peak's most objectness-likely proposal, or the seeded draw of --epoch")
@@ -369,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a method on a dataset's image-level tags")
     p.add_argument("method", help="method name, e.g. prm")
     _add_dataset_args(p)
-    p.add_argument("--config", type=Path, help="YAML config (defaults: the paper's values)")
+    p.add_argument("--config", help="a config by name (e.g. 'cpu', 'small': wsis/configs/METHOD_NAME.yaml) or a "
+                                    "YAML path (default: the paper's values)")
     p.add_argument("--workdir", required=True, type=Path, help="checkpoints and logs; an existing run resumes")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_train)
