@@ -288,3 +288,16 @@ def test_8_configs_by_name(scene, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no config named 'tiny' for prm (named configs: cpu" in err and not (scene / "w").exists()
+
+
+def test_1_predictions_on_an_untagged_folder_are_drawn_with_their_names(scene):
+    from wsis.data.coco import load_coco_results
+
+    (scene / "photos" / "tags.csv").unlink()
+    folder = load_dataset(scene / "photos")
+    assert folder.categories == {}
+    pred = _results(scene / "r.json", [(1, 18, "dog", 0.9, _rows(0, 5))])
+    res = load_coco_results(pred, folder)
+    assert res.categories == {18: "dog"} and res.predictions[1].labels.tolist() == [18]
+    assert main(["visualize", "--data", str(scene / "photos"), "--pred", str(pred), "--out", str(scene / "viz")]) == 0
+    assert "dog" in (scene / "viz" / "index.html").read_text()

@@ -132,6 +132,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         if results.note:
             print(results.note)
         preds = results.predictions
+        records.categories = results.categories
     index = write_overlays(records.records, args.out, predictions=preds, categories=records.categories,
                            max_images=args.max_images, score_threshold=args.score_threshold,
                            side_by_side=args.side_by_side)

@@ -249,11 +249,14 @@ def write_coco_results(predictions: dict[int, Instances], path: str | Path,
 @dataclass
 class CocoResults:
     """A results file read against a ground truth: ``predictions`` for every gt image (empty where
-    the file has none), the ids of the images it has results for, and a one-line ``note`` when its
-    class ids came from another dataset and were matched by name (else None)."""
+    the file has none), the ids of the images it has results for, the names of the class ids in
+    ``predictions`` (the gt's; the results' own when the gt has no class list, e.g. a folder of
+    untagged photos), and a one-line ``note`` when the class ids came from another dataset and were
+    matched by name (else None)."""
 
     predictions: dict[int, Instances]
     image_ids: set[int]
+    categories: dict[int, str]
     note: str | None = None
 
 
@@ -309,7 +312,14 @@ def load_coco_results(path: str | Path, gt: RecordSet) -> CocoResults:
     with_masks = all(isinstance(r, dict) and "segmentation" in r for r in data)
     if data and not with_masks and any(isinstance(r, dict) and "segmentation" in r for r in data):
         raise InputError(path, "some results have a segmentation and some do not")
-    id_map, note = match_categories(_named_ids(data, path), gt, path)
+    pred_names = _named_ids(data, path)
+    if gt.categories:
+        id_map, note = match_categories(pred_names, gt, path)
+        categories = dict(gt.categories)
+    else:  # nothing to match against: the results' ids stand, with their names when they have them
+        ids = {_int(r, "category_id", f"result {k}", path) for k, r in enumerate(data) if isinstance(r, dict) and "category_id" in r}
+        id_map, note = {c: c for c in ids}, None
+        categories = {c: (pred_names or {}).get(c, str(c)) for c in sorted(ids)}
     grouped: dict[int, list[dict]] = defaultdict(list)
     for k, res in enumerate(data):
         _require(res, ("image_id", "category_id", "score") + (() if with_masks else ("bbox",)), f"result {k}", path)
@@ -332,7 +342,7 @@ def load_coco_results(path: str | Path, gt: RecordSet) -> CocoResults:
         out[image_id] = Instances(
             (h, w), boxes, [id_map[int(r["category_id"])] for r in results], [float(r["score"]) for r in results], rles,
         )
-    return CocoResults(out, set(grouped), note)
+    return CocoResults(out, set(grouped), categories, note)
 
 
 def read_coco_results(path: str | Path, gt: RecordSet) -> dict[int, Instances]:
