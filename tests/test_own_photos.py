@@ -301,3 +301,12 @@ def test_1_predictions_on_an_untagged_folder_are_drawn_with_their_names(scene):
     assert res.categories == {18: "dog"} and res.predictions[1].labels.tolist() == [18]
     assert main(["visualize", "--data", str(scene / "photos"), "--pred", str(pred), "--out", str(scene / "viz")]) == 0
     assert "dog" in (scene / "viz" / "index.html").read_text()
+
+
+# ------------------------------------------------------------------ finding 2: say what will happen
+def test_2_train_start_line_lists_images_and_classes(scene):
+    from wsis.cli import data_line
+
+    (scene / "photos" / "tags.csv").write_text("image,tags\n11.png,person;dog\n12.png,dog\n13.png,\n")
+    line = data_line(load_dataset(scene / "photos"))
+    assert line == "3 images (1 without tags), 2 classes (images per class: dog 2, person 1)"

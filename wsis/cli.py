@@ -235,7 +235,22 @@ def _training_data(args: argparse.Namespace):
     if not args.workdir.exists():
         for r in tqdm(records, desc="checking images", unit="img", disable=len(records) < 200):
             check_decodable(r.path)
+    print(data_line(records))
     return records
+
+
+def data_line(records) -> str:
+    """``20 images, 28 classes (person 6, car 3, ...)``: what a training run will learn from."""
+    counts: dict[int, int] = {}
+    for r in records:
+        for t in r.tags:
+            counts[t] = counts.get(t, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], records.categories.get(kv[0], "")))
+    shown = ", ".join(f"{records.categories.get(c, c)} {n}" for c, n in ranked[:12])
+    more = f", +{len(ranked) - 12} more" if len(ranked) > 12 else ""
+    untagged = sum(1 for r in records if not r.tags)
+    return (f"{len(records)} images ({untagged} without tags), {len(ranked)} classes "
+            f"(images per class: {shown}{more})")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
