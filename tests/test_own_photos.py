@@ -144,7 +144,10 @@ def test_3_unknown_tag_with_a_class_list_names_the_line(scene, capsys):
 # ------------------------------------------------------------------ finding 4: subsets
 @pytest.fixture
 def fake_method(monkeypatch):
+    from wsis.methods.base import REGISTRY
+
     monkeypatch.setitem(METHODS, "fake", "_fake_method")
+    monkeypatch.setitem(REGISTRY, "fake", _fake_method.FakePredictor)
 
 
 def test_4_predict_a_few_images_of_a_coco_json_and_score_with_coverage(scene, fake_method, capsys):

@@ -42,7 +42,7 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     photos, run = tmp_path / "photos", tmp_path / "run"
     _own_photos(photos, 6)
-    tiny = ["prm.epochs=1", "prm.image_size=64", "prm.batch_size=3", "proposals.settings.max_side=96",
+    tiny = ["classifier.epochs=1", "classifier.image_size=64", "classifier.batch_size=3", "proposals.settings.max_side=96",
             "proposals.settings.max_proposals=100"]
     assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *tiny]) == 0
     trained = json.loads((run / "method.json").read_text())["categories"]
