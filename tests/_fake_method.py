@@ -14,8 +14,11 @@ from wsis.structures import Instances
 
 
 class FakePredictor:
-    def __init__(self, categories: dict[int, str]) -> None:
+    inference_keys = ("device", "test")
+
+    def __init__(self, categories: dict[int, str], overrides=()) -> None:
         self.categories = categories
+        self.overrides = list(overrides)
 
     def predict_records(self, records, progress: bool = True) -> dict[int, Instances]:
         ids = sorted(self.categories)
@@ -29,9 +32,9 @@ class FakePredictor:
         return out
 
 
-def load(workdir):
+def load(workdir, overrides=()):
     meta = json.loads((Path(workdir) / "method.json").read_text())
-    return FakePredictor({int(k): v for k, v in meta["categories"].items()})
+    return FakePredictor({int(k): v for k, v in meta["categories"].items()}, overrides)
 
 
 def write_workdir(workdir: Path, categories: dict[int, str]) -> Path:

@@ -186,6 +186,17 @@ def test_4_ids_and_limit_select_and_unknown_names_are_errors(scene, fake_method,
     assert "list.txt: line 3: image 'nope.png' is not in gt" in capsys.readouterr().err
 
 
+def test_2_predict_takes_inference_overrides_and_refuses_training_keys(scene, fake_method, capsys):
+    from wsis.methods import load_trained
+
+    work = _fake_method.write_workdir(scene / "run", {1: "dog", 2: "person"})
+    assert load_trained(work, ["test.score=0.1"]).overrides == ["test.score=0.1"]
+    code = main(["predict", "--workdir", str(work), "--data", str(scene / "coco" / "gt.json"), "--out",
+                 str(scene / "r.json"), "test.score=0.1", "schedule.epochs=3"])
+    assert code == 2 and not (scene / "r.json").exists()
+    assert "'schedule.epochs' is not an inference setting of fake; predict takes device, test" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ finding 6: nothing half-written
 def _truncated_jpeg(path: Path) -> None:
     rng = np.random.default_rng(0)
@@ -313,3 +324,34 @@ def test_2_train_start_line_lists_images_and_classes(scene):
     (scene / "photos" / "tags.csv").write_text("image,tags\n11.png,person;dog\n12.png,dog\n13.png,\n")
     line = data_line(load_dataset(scene / "photos"))
     assert line == "3 images (1 without tags), 2 classes (images per class: dog 2, person 1)"
+
+
+def test_8_malformed_yaml_names_the_line(tmp_path):
+    from wsis.config import load_config
+    from wsis.methods.prm import PRMMethodConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classifier:\n  epochs: 3\n  lr: [0.1\n")
+    with pytest.raises(InputError, match=r"bad.yaml: malformed YAML at line \d+, column \d+"):
+        load_config(PRMMethodConfig, bad)
+
+
+def test_2_inference_keys_are_fields_of_each_config():
+    """What predict may override exists in every method's config (a typo would refuse a valid key)."""
+    import dataclasses
+    import typing
+
+    from wsis.methods import get_method
+    from wsis.methods.base import REGISTRY
+
+    for name in METHODS:
+        get_method(name)
+        cls = REGISTRY[name]
+        for key in cls.inference_keys:
+            node = cls.config_class
+            for part in key.split("."):
+                hints = typing.get_type_hints(node)
+                assert part in hints, f"{name}: {key}"
+                node = hints[part] if dataclasses.is_dataclass(hints[part]) else None
+                if node is None:
+                    break

@@ -63,6 +63,16 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
     assert report["images"] == len({r["image_id"] for r in written})
     assert set(report["voc"]["per_class"]) <= set(val_names.values())
 
+    # a threshold no class reaches: nothing found, and one line says why and what to change
+    capsys.readouterr()
+    empty = tmp_path / "empty.json"
+    assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--limit", "1", "--out", str(empty),
+                 "classifier.class_threshold=1000"]) == 0
+    assert json.loads(empty.read_text()) == []
+    assert "every class score is below classifier.class_threshold=1000 (highest" in capsys.readouterr().err
+    assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--out", str(empty), "classifier.lr=1"]) == 2
+    assert "'classifier.lr' is not an inference setting of prm" in capsys.readouterr().err
+
     viz = tmp_path / "overlays"
     assert main(["visualize", "--data", str(VAL), "--pred", str(results), "--max-images", "2", "--out", str(viz)]) == 0
     assert (viz / "index.html").is_file() and len(list(viz.glob("*.png"))) == 2

@@ -191,20 +191,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def config_path(method: str, value: str | None) -> Path | None:
-    """``--config``: a YAML path, or a name looked up among the packaged configs: ``METHOD_NAME.yaml``,
-    then ``NAME.yaml``. An unknown name lists the names the method has."""
+    """``--config``: a YAML file (a path, or a file name among the packaged configs), or a name:
+    ``METHOD_NAME.yaml`` among the packaged configs, then ``NAME.yaml``. An unknown name lists the
+    names the method has."""
+    from wsis.config import PACKAGE_CONFIGS, resolve_config
+
     if value is None:
         return None
     path = Path(value)
     if path.suffix.lower() in (".yaml", ".yml") or path.is_file() or len(path.parts) > 1:
-        if not path.is_file():
-            raise InputError(path, "config file not found")
-        return path
-    folder = Path(__file__).parent / "configs"
-    for candidate in (folder / f"{method}_{value}.yaml", folder / f"{value}.yaml"):
+        return resolve_config(path)
+    for candidate in (PACKAGE_CONFIGS / f"{method}_{value}.yaml", PACKAGE_CONFIGS / f"{value}.yaml"):
         if candidate.is_file():
             return candidate
-    names = sorted(p.stem[len(method) + 1:] for p in folder.glob(f"{method}_*.yaml"))
+    names = sorted(p.stem[len(method) + 1:] for p in PACKAGE_CONFIGS.glob(f"{method}_*.yaml"))
     raise InputError("--config", f"no config named {value!r} for {method} (named configs: {', '.join(names) or 'none'}; "
                                  "or give a YAML path)")
 
@@ -261,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     meta = read_meta(args.workdir)
     records = _prediction_images(args)
     to_data, names = _output_classes(meta, records, _has_class_list(args.data, args), args.data)
-    model = load_trained(args.workdir)  # the heavy part starts here
+    model = load_trained(args.workdir, args.overrides)  # the heavy part starts here
     preds = {i: _relabel(p, to_data) for i, p in model.predict_records(records, progress=True).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(preds, args.out, categories=names)
@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     p.add_argument("--out", required=True, type=Path)
     _add_selection_args(p)
+    p.add_argument("overrides", nargs="*",
+                   help="inference settings key=value (e.g. classifier.class_threshold=-1, proposals.settings.max_side=320); "
+                        "training settings are refused")
     p.set_defaults(func=cmd_predict)
     return parser
 
