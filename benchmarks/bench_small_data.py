@@ -1,14 +1,16 @@
 """What schedule makes PRM say something on a small own-photo set (issue #14, finding 2).
 
 The first ``--images`` coco128 photos (by file name) are the "own photos": PRM is trained on their
-tags only, in stages of epochs (each stage resumes the previous one: the schedule is constant-LR
-SGD, so E epochs then E' more equal E' epochs at once). After each stage, on the same training
+tags only, once per (variant, epoch count), each a fresh run. Then, on the same training
 images (nothing is measured on coco-val50), it reports what decides whether ``wsis predict``
 returns anything: how many images have at least one class score (logit) at or above
 ``class_threshold`` (0), the share of tagged classes that reach it (tag recall) and the untagged
 ones that do (false fires per image), and the training time so far.
 
-    python benchmarks/bench_small_data.py [--images 20] [--variants default,small]
+    python benchmarks/bench_small_data.py [--images 20] [--variants default,small224_lr05]
+
+Rows are kept in ``results/small_data.json`` by (variant, epochs) and the table is rendered from all
+of them, so a variant can be (re)measured alone.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ COCO128 = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instanc
 # name -> (config overrides, epoch stages)
 VARIANTS: dict[str, tuple[list[str], list[int]]] = {
     "default": ([], [5, 20]),  # prm_cpu.yaml: 448 px, batch 16, lr 0.01
-    "small224": (["prm.image_size=224", "prm.batch_size=4"], [10, 20, 40]),
-    "small224_lr05": (["prm.image_size=224", "prm.batch_size=4", "prm.lr=0.05"], [10, 20, 40]),
+    "small224": (["classifier.image_size=224", "classifier.batch_size=4"], [10, 20, 40]),
+    # at 20 epochs: prm_small.yaml (--config small)
+    "small224_lr05": (["classifier.image_size=224", "classifier.batch_size=4", "classifier.lr=0.05"], [10, 20, 40]),
 }
 
 
@@ -73,6 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--epochs", help="only these epoch counts (comma-separated)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_small_data"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "small_data")
     args = ap.parse_args()
@@ -80,36 +84,47 @@ def main() -> None:
     from wsis.methods import prm
 
     records = own_photos(args.images)
-    rows = []
+    store = args.out.with_suffix(".json")
+    rows = json.loads(store.read_text())["rows"] if store.is_file() else []
+    only = None if args.epochs is None else {int(e) for e in args.epochs.split(",")}
     for name in args.variants.split(","):
         overrides, stages = VARIANTS[name]
-        workdir = args.workdir / name
-        seconds = 0.0
         for epochs in stages:
+            if only is not None and epochs not in only:
+                continue
             start = time.perf_counter()
             predictor = prm.fit(records, config=ROOT / "wsis" / "configs" / "prm_cpu.yaml",
-                                overrides=[*overrides, f"prm.epochs={epochs}"], workdir=workdir)
-            seconds += time.perf_counter() - start
-            cfg = predictor.cfg.prm
+                                overrides=[*overrides, f"classifier.epochs={epochs}"],
+                                workdir=args.workdir / f"{name}-{epochs}")
+            cfg = predictor.cfg.classifier
             steps = epochs * -(-len(records) // cfg.batch_size)
             row = {"variant": name, "overrides": overrides, "epochs": epochs, "steps": steps,
-                   "train_seconds": round(seconds, 1),
+                   "train_seconds": round(time.perf_counter() - start, 1), "commit": commit(),
                    **measure(class_scores(predictor, records), records, predictor.category_ids, cfg.class_threshold)}
-            rows.append(row)
+            rows = [r for r in rows if (r["variant"], r["epochs"]) != (name, epochs)] + [row]
             print(json.dumps(row), flush=True)
-    lines = [f"# PRM on {len(records)} own photos (first coco128 files), measured on the training images",
-             "", f"`python benchmarks/bench_small_data.py --images {args.images} --variants {args.variants}` "
-             f"(commit {commit()}, 2-core CPU shared with other jobs: times are upper bounds)", "",
-             "| variant | overrides | epochs | steps | images with a class >= threshold | tag recall | false fires / image | mean top tagged logit | train s |",
+            write(rows, records, args, store)
+
+
+def write(rows: list[dict], records: RecordSet, args: argparse.Namespace, store: Path) -> None:
+    order = list(VARIANTS)
+    rows = sorted(rows, key=lambda r: (order.index(r["variant"]), r["epochs"]))
+    lines = [f"# PRM on {len(records)} own photos (the first coco128 files), measured on the training images",
+             "", "`python benchmarks/bench_small_data.py --images N [--variants V] [--epochs E]`; each row is one "
+             "fresh training run (its commit in the json). 2-core CPU shared with other jobs: seconds are upper "
+             "bounds. A prediction is non-empty only for classes whose score (logit) reaches "
+             "`classifier.class_threshold` = 0.", "",
+             "| variant | overrides of prm_cpu.yaml | epochs | steps | images with a class >= threshold | tag recall | "
+             "false fires / image | mean top tagged logit | train s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {' '.join(r['overrides']) or '(prm_cpu.yaml)'} | {r['epochs']} | {r['steps']} | "
+        lines.append(f"| {r['variant']} | {' '.join(r['overrides']) or '(none)'} | {r['epochs']} | {r['steps']} | "
                      f"{r['images_with_a_class']}/{len(records)} | {r['tag_recall']:.2f} | {r['false_fires_per_image']:.2f} | "
                      f"{r['top_tagged_logit_mean']:.2f} | {r['train_seconds']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".md")) as f:
         f.write("\n".join(lines) + "\n")
-    with atomic_write(args.out.with_suffix(".json")) as f:
+    with atomic_write(store) as f:
         json.dump({"rows": rows, "images": len(records)}, f, indent=2)
     print("\n".join(lines))
 

@@ -298,6 +298,11 @@ def test_8_configs_by_name(scene, capsys):
 
     assert config_path("prm", "cpu").name == "prm_cpu.yaml"
     assert config_path("prm", "demo_prm").name == "demo_prm.yaml"
+    from wsis.config import load_config
+    from wsis.methods.prm import PRMMethodConfig
+
+    small = load_config(PRMMethodConfig, config_path("prm", "small")).classifier
+    assert (small.image_size, small.batch_size, small.lr, small.epochs) == (224, 4, 0.05, 20)
     code = main(["train", "prm", "--data", str(scene / "photos"), "--workdir", str(scene / "w"), "--config", "tiny"])
     assert code == 2
     err = capsys.readouterr().err

@@ -45,6 +45,19 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
     tiny = ["classifier.epochs=1", "classifier.image_size=64", "classifier.batch_size=3", "proposals.settings.max_side=96",
             "proposals.settings.max_proposals=100"]
     assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "6 images (0 without tags)" in out and "prm (defaults): classifier.image_size=64" in out
+    assert "6 samples, batch 3, 2 steps per epoch x 1 epochs = 2 steps" in out and "s per step over the first 2" in out
+
+    # the same workdir with another image size: refused, naming the key; --restart keeps the old run aside
+    other = [*tiny[:1], "classifier.image_size=96", *tiny[2:]]
+    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *other]) == 2
+    assert "classifier.image_size: 64 -> 96" in capsys.readouterr().err
+    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *tiny]) == 0
+    assert "all 1 epochs were done already" in capsys.readouterr().out
+    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), "--restart",
+                 *other]) == 0
+    assert len(list(tmp_path.glob("run.old-*"))) == 1
     trained = json.loads((run / "method.json").read_text())["categories"]
     val_names = {c["id"]: c["name"] for c in json.loads(VAL.read_text())["categories"]}
     assert all(val_names[int(k)] == v for k, v in trained.items())  # the folder's classes carry COCO's ids

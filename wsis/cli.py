@@ -185,6 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_path(args.method, args.config)
     records = _training_data(args)  # read and decoded before the method (torch) loads or a workdir exists
     method = get_method(args.method)
+    print(resolution_line(args.method, config, args.overrides))
+    if args.restart and args.workdir.exists():
+        _move_aside(args.workdir)
     method.fit(records, config=config, overrides=args.overrides, workdir=args.workdir)
     print(f"trained {args.method}; checkpoint and config in {args.workdir}")
     return 0
@@ -233,11 +236,38 @@ def _training_data(args: argparse.Namespace):
     if len(tagged) < len(records.categories):
         print(f"training on the {len(tagged)} of {len(records.categories)} listed classes that have tagged images")
         records = RecordSet(records.records, {c: records.categories[c] for c in tagged}, records.name)
-    if not args.workdir.exists():
+    if not args.workdir.exists() or args.restart:
         for r in tqdm(records, desc="checking images", unit="img", disable=len(records) < 200):
             check_decodable(r.path)
     print(data_line(records))
     return records
+
+
+def resolution_line(method: str, config: Path | None, overrides) -> str:
+    """The input sizes a run trains at, read from its config (every ``*image_size``/``min_size``/
+    ``max_size``/``scales`` key); the config's keys are checked here, before any data is loaded on a device."""
+    from wsis.config import load_config, to_dict
+    from wsis.methods.base import REGISTRY
+
+    found: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif key in ("image_size", "min_size", "max_size", "scales"):
+                found.append(f"{prefix}{key}={value}")
+
+    walk(to_dict(load_config(REGISTRY[method].config_class, config, list(overrides))), "")
+    return f"{method} ({config.name if config else 'defaults'}): " + (", ".join(found) or "resolution not configured")
+
+
+def _move_aside(workdir: Path) -> None:
+    import time
+
+    old = workdir.with_name(f"{workdir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    workdir.rename(old)
+    print(f"--restart: the previous run is kept in {old}")
 
 
 def data_line(records) -> str:
@@ -408,7 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     p.add_argument("--config", help="a config by name (e.g. 'cpu', 'small': wsis/configs/METHOD_NAME.yaml) or a "
                                     "YAML path (default: the paper's values)")
-    p.add_argument("--workdir", required=True, type=Path, help="checkpoints and logs; an existing run resumes")
+    p.add_argument("--workdir", required=True, type=Path,
+                   help="checkpoints and logs; an existing run resumes (with the same settings only)")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: an existing WORKDIR is renamed WORKDIR.old-DATE first")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_train)
 

@@ -192,6 +192,7 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                       find_unused_parameters=self.find_unused_parameters)
         loader = data if isinstance(data, DataLoader) else self._make_loader(data, info)
+        self._announce(loader, info, start_epoch)
         with _deterministic(info.device.type == "cpu"):
             for epoch in range(start_epoch, self.epochs):
                 self._run_epoch(net, loader, epoch, skip if epoch == start_epoch else 0,
@@ -207,6 +208,7 @@ class Trainer:
             seed_everything(derive_seed(self.seed, info.rank))
             return 0, 0, None
         state = load_checkpoint(self.checkpoint_path, map_location="cpu")
+        self._check_same_settings(state.get("config"))
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -215,12 +217,53 @@ class Trainer:
             epoch, skip, self.global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["step"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise InputError(self.checkpoint_path, f"checkpoint does not fit this model/optimizer: {str(e)[:300]}") from e
+        self._say(f"resuming from {self.checkpoint_path}: " + (
+            f"all {self.epochs} epochs were done already" if epoch >= self.epochs else
+            f"{epoch} of {self.epochs} epochs and {skip} steps of the next done (step {self.global_step})"))
         rngs = state.get("rng") or []
         if len(rngs) == info.world_size:
             restore_rng_state(rngs[info.rank])
         else:  # a different number of processes: the data split changes anyway, so resume is not exact
             seed_everything(derive_seed(self.seed, info.rank, epoch))
         return epoch, skip, state.get("running")
+
+    def _check_same_settings(self, saved: Mapping[str, Any] | None) -> None:
+        """A checkpoint continues only the run that wrote it: any setting that changes the result
+        (all but :data:`RESUME_FREE_KEYS`) must be the same, else the error names what changed."""
+        if saved is None:  # a checkpoint of before settings were stored: nothing to compare
+            return
+        changed = changed_settings(saved, self.config)
+        if changed:
+            shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
+            raise InputError(self.checkpoint_path, f"this run was started with other settings ({shown}); resume with "
+                                                   "the same ones, or start over (wsis train --restart)")
+
+    def _announce(self, loader: DataLoader, info: dist_utils.DistInfo, start_epoch: int) -> None:
+        """The start line: samples, batch, steps; the time estimate follows after a few steps."""
+        per_epoch = len(loader)
+        self._total_steps = per_epoch * self.epochs
+        self._run_steps, self._run_started, self._estimated = 0, time.perf_counter(), False
+        if start_epoch >= self.epochs:
+            return
+        batch = f"batch {loader.batch_size}" + (f" x {info.world_size} processes" if info.world_size > 1 else "")
+        samples = len(loader.dataset) if hasattr(loader.dataset, "__len__") else "?"
+        self._say(f"training on {info.device.type}: {samples} samples, {batch}, {per_epoch} steps per epoch x "
+                  f"{self.epochs} epochs = {self._total_steps} steps")
+
+    def _estimate(self, after_steps: int = 3) -> None:
+        """Once, after the first steps of this run: seconds per step and the time left at that rate."""
+        self._run_steps += 1
+        if self._estimated or self._run_steps < min(after_steps, self._total_steps):
+            return
+        self._estimated = True
+        per_step = (time.perf_counter() - self._run_started) / self._run_steps
+        left = max(self._total_steps - self.global_step, 0)
+        self._say(f"{per_step:.2f} s per step over the first {self._run_steps}: about {_duration(per_step * left)} "
+                  f"for the {left} steps left")
+
+    def _say(self, text: str) -> None:
+        if self.progress and dist_utils.is_main():
+            tqdm.write(text)
 
     def _make_loader(self, dataset: Dataset, info: dist_utils.DistInfo) -> DataLoader:
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=self.shuffle,
@@ -263,6 +306,7 @@ class Trainer:
             values = self._train_step(net, batch)
             step_in_epoch += 1
             self.global_step += 1
+            self._estimate()
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
                 window[k] = window.get(k, 0.0) + v
@@ -349,6 +393,37 @@ class Trainer:
                 "world_size": self.info.world_size,
             })
         dist_utils.barrier()
+
+
+# Settings that do not change what a run computes: they may differ between a run and its resumption.
+RESUME_FREE_KEYS = ("num_workers", "device")
+
+
+def changed_settings(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every dotted key whose value differs (keys only on one side included),
+    except those ending in one of :data:`RESUME_FREE_KEYS`."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += changed_settings(saved.get(key, "(unset)"), current.get(key, "(unset)"), f"{prefix}{key}.")
+        return out
+    key = prefix.rstrip(".")
+    if saved == current or key.split(".")[-1] in RESUME_FREE_KEYS:
+        return []
+    return [f"{key}: {_short(saved)} -> {_short(current)}"]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _loss_step(loss_fn: LossFn) -> StepFn:
