@@ -44,30 +44,41 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
     _own_photos(photos, 6)
     tiny = ["classifier.epochs=1", "classifier.image_size=64", "classifier.batch_size=3", "proposals.settings.max_side=96",
             "proposals.settings.max_proposals=100"]
-    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *tiny]) == 0
+    # the README's command, with the tiny schedule on top of --config small
+    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--config", "small",
+                 "--workdir", str(run), *tiny]) == 0
     out = capsys.readouterr().out
-    assert "6 images (0 without tags)" in out and "prm (defaults): classifier.image_size=64" in out
+    assert "6 images (0 without tags)" in out and "prm (prm_small.yaml): classifier.image_size=64" in out
     assert "6 samples, batch 3, 2 steps per epoch x 1 epochs = 2 steps" in out and "s per step over the first 2" in out
 
     # the same workdir with another image size: refused, naming the key; --restart keeps the old run aside
     other = [*tiny[:1], "classifier.image_size=96", *tiny[2:]]
-    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *other]) == 2
+    again = ["train", "prm", "--data", str(photos), "--categories", str(VAL), "--config", "small", "--workdir", str(run)]
+    assert main([*again, *other]) == 2
     assert "classifier.image_size: 64 -> 96" in capsys.readouterr().err
-    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), *tiny]) == 0
+    assert main([*again, *tiny]) == 0
     assert "all 1 epochs were done already" in capsys.readouterr().out
-    assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--workdir", str(run), "--restart",
-                 *other]) == 0
+    assert main([*again, "--restart", *other]) == 0
     assert len(list(tmp_path.glob("run.old-*"))) == 1
     trained = json.loads((run / "method.json").read_text())["categories"]
     val_names = {c["id"]: c["name"] for c in json.loads(VAL.read_text())["categories"]}
     assert all(val_names[int(k)] == v for k, v in trained.items())  # the folder's classes carry COCO's ids
 
     results = tmp_path / "results.json"
-    assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--limit", "2", "--out", str(results)]) == 0
+    # (a one-epoch model's class scores sit below 0: the threshold is lowered so that there is something to score)
+    assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--limit", "2", "--out", str(results),
+                 "classifier.class_threshold=-2"]) == 0
     written = json.loads(results.read_text())
+    assert written
     first_two = {i["id"] for i in json.loads(VAL.read_text())["images"][:2]}
     assert {r["image_id"] for r in written} <= first_two  # the json's own image ids
     assert all(val_names[r["category_id"]] == r["category_name"] for r in written)
+
+    # a folder of photos (here the training photos themselves), with an inference override
+    more = tmp_path / "more.json"
+    assert main(["predict", "--workdir", str(run), "--data", str(photos), "--limit", "1", "--out", str(more),
+                 "classifier.class_threshold=-0.5"]) == 0
+    assert all(val_names[r["category_id"]] == r["category_name"] for r in json.loads(more.read_text()))
 
     metrics = tmp_path / "metrics.json"
     capsys.readouterr()
