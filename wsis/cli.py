@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.25, 0.5, 0.7, 0.75])
     p.add_argument("--no-coco", action="store_true", help="skip the pycocotools protocol")
     p.add_argument("--only-predicted", action="store_true",
-                   help="score only the images that have at least one result (default: all, with a coverage warning)")
+                   help="score only the images that have at least one result (default: all, with a coverage warning); "
+                        "an image predicted with no instance is not in a results file, so it is left out too")
     p.add_argument("--detection", action="store_true", help="also box AP@0.5 and CorLoc")
     p.add_argument("--semantic", action="store_true", help="also semantic mIoU")
     p.set_defaults(func=cmd_evaluate)
