@@ -9,7 +9,6 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from wsis.engine import Trainer
-from wsis.engine.trainer import changed_settings
 from wsis.errors import InputError
 
 CONFIG = {"method": "prm", "config": {"classifier": {"image_size": 448, "batch_size": 16}, "num_workers": 0,
@@ -26,6 +25,8 @@ def _train(workdir, config, epochs=1):
 
 
 def test_changed_settings_are_named():
+    from wsis.engine.trainer import changed_settings
+
     new = {"method": "prm", "config": {"classifier": {"image_size": 224, "batch_size": 4}, "num_workers": 2,
                                        "device": "cpu"}}
     assert changed_settings(CONFIG, new) == ["config.classifier.batch_size: 16 -> 4",
