@@ -208,7 +208,7 @@ def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = D
 
 
 def objectness(area: np.ndarray, contour_sum: np.ndarray, contour_len: np.ndarray, border_len: np.ndarray,
-               image_area: float) -> np.ndarray:
+               image_area: float, size_power: float = 0.25) -> np.ndarray:
     """Mean outline boundary strength x compactness x not-the-frame x size, in [0, 1].
 
     ``edge``: mean boundary probability along the part of the outline inside the image (HED is a
@@ -223,7 +223,7 @@ def objectness(area: np.ndarray, contour_sum: np.ndarray, contour_len: np.ndarra
     edge = np.where(contour_len > 0, edge, 0.0)  # the whole image
     compact = np.sqrt(np.clip(4 * np.pi * area / np.maximum(perimeter, eps) ** 2, 0.0, 1.0))
     inner = np.sqrt(np.clip(1.0 - border_len / np.maximum(perimeter, eps), 0.0, 1.0))
-    size = (area / image_area) ** 0.25
+    size = (area / image_area) ** size_power
     return (edge * compact * inner * size).astype(np.float32)
 
 
@@ -240,6 +240,7 @@ def ucm_proposals(
     max_area: float = 0.95,
     dedup_iou: float = 0.95,
     max_proposals: int = 1000,
+    size_power: float = 0.25,
     boundary_cache: str | None = None,
     edges: np.ndarray | None = None,
 ) -> Proposals:
@@ -265,10 +266,11 @@ def ucm_proposals(
     small_area = float(labels.size)
     stats = np.concatenate([np.stack([tree.area, tree.contour_sum, tree.contour_len, tree.border_len], 1),
                             tree.group_stats], axis=0)
-    score = objectness(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], small_area)
+    score = objectness(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], small_area, size_power)
     fraction = stats[:, 0] / small_area
     keep = np.flatnonzero((fraction >= min_area) & (fraction <= max_area))
-    order = keep[np.argsort(-score[keep], kind="stable")]
+    # Deduplication costs O(candidates^2) box tests: only the best few times the budget compete.
+    order = keep[np.argsort(-score[keep], kind="stable")][:5 * max_proposals]
     rles = [rles[i] for i in order]
     if not rles:
         return Proposals((h, w))
