@@ -81,3 +81,16 @@ def test_registered_and_capped():
     assert len(proposals) == 5
     edges = np.zeros(image.shape[:2], np.float32)  # a given map is used as is: a blank map, one region
     assert len(ucm_proposals(image, edges=edges, min_area=0.0, max_area=1.0)) == 1
+
+
+def test_pooled_interleaves_both_hierarchies_without_duplicates():
+    image, objects = drawn_scene()
+    ucm = ucm_proposals(image, boundary="sobel", max_proposals=6)
+    pooled = generate_proposals(image, "ucm+superpixel", max_proposals=10, ucm_share=0.6, ucm={"boundary": "sobel"})
+    assert len(pooled) <= 10
+    # the UCM pool's best proposal leads (relative rank 1), the superpixel pool's best ties with it
+    assert pooled.objectness[0] == pytest.approx(1.0)
+    assert mask_ops.iou([pooled.masks[0]], [ucm.masks[0]])[0, 0] == pytest.approx(1.0)
+    ious = mask_ops.iou(pooled.masks, pooled.masks) - np.eye(len(pooled))
+    assert ious.max() <= 0.95
+    assert (mask_ops.iou(pooled.masks, [mask_ops.encode(o) for o in objects]).max(axis=0) > 0.85).all()

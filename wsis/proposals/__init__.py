@@ -81,6 +81,12 @@ def _ucm(image: np.ndarray, **settings: Any) -> Proposals:
     return ucm_proposals(image, **settings)
 
 
+def _ucm_superpixel(image: np.ndarray, **settings: Any) -> Proposals:
+    from wsis.proposals.pooled import pooled_proposals
+
+    return pooled_proposals(image, **settings)
+
+
 def _selective_search(image: np.ndarray, **settings: Any) -> Proposals:
     from wsis.proposals.boxes import selective_search
 
@@ -101,6 +107,7 @@ def _selective_search_grabcut(
 GENERATORS: dict[str, Callable[..., Proposals]] = {
     "superpixel": _superpixel,
     "ucm": _ucm,
+    "ucm+superpixel": _ucm_superpixel,
     "selective_search": _selective_search,
     "selective_search+grabcut": _selective_search_grabcut,
 }
