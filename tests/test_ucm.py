@@ -38,7 +38,7 @@ def test_three_strip_hierarchy_merges_weakest_boundary_first():
     # level 3: pairs {0,1}, {1,2} and the chain 0-1-2; level 2 (nodes 3, 2): the pair {3, 2}
     assert sorted(map(sorted, tree.groups)) == [[0, 1], [0, 1, 2], [1, 2], [2, 3]]
     i = [sorted(g) for g in tree.groups].index([1, 2])
-    area, c_sum, c_len, border = tree.group_stats[i]
+    area, c_sum, c_len, border, _ = tree.group_stats[i]
     assert (area, c_len, border) == (24, 3, 8 + 8 + 3) and c_sum == pytest.approx(0.6)
 
 

@@ -26,7 +26,7 @@ def _relative_rank(n: int) -> np.ndarray:
     return 1.0 - np.arange(n, dtype=np.float32) / max(n, 1)
 
 
-def pooled_proposals(image: np.ndarray, max_proposals: int = 1000, ucm_share: float = 0.6,
+def pooled_proposals(image: np.ndarray, max_proposals: int = 1000, ucm_share: float = 0.7,
                      dedup_iou: float = 0.95, ucm: dict[str, Any] | None = None,
                      superpixel: dict[str, Any] | None = None) -> Proposals:
     """UCM and superpixel proposals in one ranked list of at most ``max_proposals``.

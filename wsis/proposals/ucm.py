@@ -96,8 +96,17 @@ class UCMHierarchy:
     contour_sum: np.ndarray
     contour_len: np.ndarray
     border_len: np.ndarray
+    interior_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
     groups: list[tuple[int, ...]] = field(default_factory=list)
-    group_stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    group_stats: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
+
+    def death(self) -> np.ndarray:
+        """Height at which each node is absorbed by its parent (the root: the top height)."""
+        death = np.full(len(self.height), self.height.max(initial=0.0))
+        parents = np.arange(self.n_leaves, self.n_leaves + len(self.merges))
+        death[self.merges[:, 0]] = self.height[parents]
+        death[self.merges[:, 1]] = self.height[parents]
+        return death
 
 
 def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = DEFAULT_LEVELS,
@@ -110,6 +119,8 @@ def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = D
     border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
     border_len = np.zeros(total)
     border_len[:n] = np.bincount(border, minlength=n)
+    interior_sum = np.zeros(total)
+    interior_sum[:n] = np.bincount(labels.ravel(), weights=edges.ravel(), minlength=n)
     adj, edge_sum, edge_len = _adjacency(labels, edges, n)
     contour_sum = np.zeros(total)
     contour_len = np.zeros(total)
@@ -125,7 +136,7 @@ def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = D
 
     wanted = sorted({k for k in levels if 2 <= k}, reverse=True)
     groups: list[tuple[int, ...]] = []
-    group_stats: list[tuple[float, float, float, float]] = []
+    group_stats: list[tuple[float, float, float, float, float]] = []
     seen: set[frozenset] = set()
 
     def snapshot(alive_nodes: list[int]) -> None:
@@ -144,6 +155,7 @@ def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = D
                 sum(contour_sum[i] for i in nodes) - 2 * s_shared,
                 sum(contour_len[i] for i in nodes) - 2 * l_shared,
                 sum(border_len[i] for i in nodes),
+                sum(interior_sum[i] for i in nodes),
             ))
 
         for b in alive_nodes:
@@ -180,6 +192,7 @@ def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = D
         height[c] = strength
         area[c] = area[a] + area[b]
         border_len[c] = border_len[a] + border_len[b]
+        interior_sum[c] = interior_sum[a] + interior_sum[b]
         shared_sum, shared_len = neighbours[a][b]
         contour_sum[c] = contour_sum[a] + contour_sum[b] - 2 * shared_sum
         contour_len[c] = contour_len[a] + contour_len[b] - 2 * shared_len
@@ -203,7 +216,8 @@ def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = D
     used = n + len(merges)
     return UCMHierarchy(
         n, np.asarray(merges, np.int64).reshape(-1, 2), height[:used], area[:used], contour_sum[:used],
-        contour_len[:used], border_len[:used], groups, np.asarray(group_stats, np.float64).reshape(-1, 4),
+        contour_len[:used], border_len[:used], interior_sum[:used], groups,
+        np.asarray(group_stats, np.float64).reshape(-1, 5),
     )
 
 
@@ -227,29 +241,59 @@ def objectness(area: np.ndarray, contour_sum: np.ndarray, contour_len: np.ndarra
     return (edge * compact * inner * size).astype(np.float32)
 
 
-def ucm_proposals(
-    image: np.ndarray,
-    boundary: str = "hed",
-    max_side: int = 640,
-    hed_max_side: int | None = None,
-    smooth: float = 1.0,
-    levels: tuple[int, ...] | list[int] = DEFAULT_LEVELS,
-    pairs: bool = True,
-    triplets: bool = True,
-    min_area: float = 0.0002,
-    max_area: float = 0.95,
-    dedup_iou: float = 0.95,
-    max_proposals: int = 1000,
-    size_power: float = 0.25,
-    boundary_cache: str | None = None,
-    edges: np.ndarray | None = None,
-) -> Proposals:
-    """Boundary-driven hierarchical mask proposals of an RGB uint8 image, highest objectness first.
+# Candidate features for the learned ranking (MCG's ranker learns from such region features).
+FEATURES = ("log_area", "log_area^2", "edge", "interior", "compact", "inner", "lifetime", "pair", "triplet")
+# Logistic regression of a candidate's best IoU with any ground-truth object on FEATURES, fitted on
+# training images only (coco128 images 0-63 + coco-train83 images 0-31, HED, default settings) by
+# benchmarks/fit_ucm_ranker.py -- see benchmarks/results/ucm_ranker.json.
+RANKER_WEIGHTS: tuple[float, ...] = (0.00485365, -0.0461221, 2.22602, 0.760613, -0.804026, 6.32017, -0.565993, 0.327202, 0.267001)
+RANKER_BIAS = -9.1491
 
-    ``edges``: a precomputed (H, W) boundary map in [0, 1] (then ``boundary`` is not run);
-    ``boundary_cache``: folder where HED maps are cached by image content. ``min_area``/``max_area``
-    are fractions of the image area.
-    """
+
+def candidate_features(tree: UCMHierarchy, image_area: float) -> np.ndarray:
+    """(nodes + groups, len(FEATURES)) features: size, boundary strength, shape and stability."""
+    eps = 1e-6
+    n_nodes = len(tree.area)
+    stats = np.concatenate([
+        np.stack([tree.area, tree.contour_sum, tree.contour_len, tree.border_len, tree.interior_sum], 1),
+        tree.group_stats], axis=0)
+    area, c_sum, c_len, border, interior = stats.T
+    perimeter = c_len + border
+    log_area = np.log(np.maximum(area, 1.0) / image_area)
+    edge = np.where(c_len > 0, c_sum / np.maximum(c_len, eps), 0.0)
+    compact = np.sqrt(np.clip(4 * np.pi * area / np.maximum(perimeter, eps) ** 2, 0.0, 1.0))
+    inner = np.sqrt(np.clip(1.0 - border / np.maximum(perimeter, eps), 0.0, 1.0))
+    lifetime = np.zeros(len(stats))
+    lifetime[:n_nodes] = tree.death() - tree.height
+    parts = np.concatenate([np.ones(n_nodes), [len(g) for g in tree.groups]])
+    return np.stack([log_area, log_area ** 2, edge, interior / np.maximum(area, 1.0), compact, inner, lifetime,
+                     parts == 2, parts == 3], 1).astype(np.float64)
+
+
+def learned_objectness(features: np.ndarray, weights=None, bias: float | None = None) -> np.ndarray:
+    """The fitted ranker's predicted IoU in (0, 1)."""
+    weights = np.asarray(RANKER_WEIGHTS if weights is None else weights, np.float64)
+    bias = RANKER_BIAS if bias is None else bias
+    return (1.0 / (1.0 + np.exp(-(features @ weights + bias)))).astype(np.float32)
+
+
+@dataclass
+class Candidates:
+    """Every hierarchy node and MCG group of one image before ranking: masks (RLE, original size),
+    per-candidate features, and the fixed-product objectness."""
+
+    image_size: tuple[int, int]
+    rles: list[dict]
+    features: np.ndarray
+    product_score: np.ndarray
+    area_fraction: np.ndarray
+
+
+def ucm_candidates(image: np.ndarray, boundary: str = "hed", max_side: int = 640, hed_max_side: int | None = None,
+                   smooth: float = 1.0, levels: tuple[int, ...] | list[int] = DEFAULT_LEVELS, pairs: bool = True,
+                   triplets: bool = True, size_power: float = 0.25, boundary_cache: str | None = None,
+                   edges: np.ndarray | None = None) -> Candidates:
+    """Boundaries -> watershed -> UCM -> nodes and groups, unranked (see :func:`ucm_proposals`)."""
     image = check_image(image)
     h, w = image.shape[:2]
     if edges is None:
@@ -262,16 +306,49 @@ def ucm_proposals(
     full_labels = labels if scale == 1.0 else cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
     nodes = region_masks(superpixel_rles(full_labels), tree.merges)
     group_masks = [mask_utils.merge([nodes[i] for i in g], intersect=False) for g in tree.groups]
-    rles = nodes + group_masks
     small_area = float(labels.size)
     stats = np.concatenate([np.stack([tree.area, tree.contour_sum, tree.contour_len, tree.border_len], 1),
-                            tree.group_stats], axis=0)
+                            tree.group_stats[:, :4]], axis=0)
     score = objectness(stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3], small_area, size_power)
-    fraction = stats[:, 0] / small_area
-    keep = np.flatnonzero((fraction >= min_area) & (fraction <= max_area))
-    # Deduplication costs O(candidates^2) box tests: only the best few times the budget compete.
-    order = keep[np.argsort(-score[keep], kind="stable")][:5 * max_proposals]
-    rles = [rles[i] for i in order]
+    return Candidates((h, w), nodes + group_masks, candidate_features(tree, small_area), score,
+                      stats[:, 0] / small_area)
+
+
+def ucm_proposals(
+    image: np.ndarray,
+    boundary: str = "hed",
+    max_side: int = 640,
+    hed_max_side: int | None = None,
+    smooth: float = 1.0,
+    levels: tuple[int, ...] | list[int] = DEFAULT_LEVELS,
+    pairs: bool = True,
+    triplets: bool = True,
+    min_area: float = 0.0002,
+    max_area: float = 0.95,
+    dedup_iou: float = 0.75,
+    max_proposals: int = 1000,
+    ranking: str = "product",
+    size_power: float = 0.25,
+    boundary_cache: str | None = None,
+    edges: np.ndarray | None = None,
+) -> Proposals:
+    """Boundary-driven hierarchical mask proposals of an RGB uint8 image, highest objectness first.
+
+    ``ranking``: ``learned`` (the fitted ranker, :data:`RANKER_WEIGHTS`; falls back to ``product``
+    while none is fitted) or ``product`` (:func:`objectness`). ``edges``: a precomputed (H, W)
+    boundary map in [0, 1] (then ``boundary`` is not run); ``boundary_cache``: folder where HED maps
+    are cached by image content. ``min_area``/``max_area`` are fractions of the image area.
+    """
+    if ranking not in ("learned", "product"):
+        raise ValueError(f"ranking {ranking!r}: choose 'learned' or 'product'")
+    cand = ucm_candidates(image, boundary, max_side, hed_max_side, smooth, levels, pairs, triplets, size_power,
+                          boundary_cache, edges)
+    h, w = cand.image_size
+    score = (learned_objectness(cand.features) if ranking == "learned" and len(RANKER_WEIGHTS)
+             else cand.product_score)
+    keep = np.flatnonzero((cand.area_fraction >= min_area) & (cand.area_fraction <= max_area))
+    order = keep[np.argsort(-score[keep], kind="stable")]
+    rles = [cand.rles[i] for i in order]
     if not rles:
         return Proposals((h, w))
     boxes = _xyxy(mask_utils.toBbox(rles))
