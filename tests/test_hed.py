@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from wsis.cues.hed import HED, HEDBoundaries, load_keras_weights, packaged_weights, preprocess
+from wsis.cues.hed import (
+    HED,
+    HEDBoundaries,
+    load_keras_weights,
+    packaged_weights,
+    preprocess,
+)
 
 WEIGHTS = packaged_weights()
 needs_weights = pytest.mark.skipif(

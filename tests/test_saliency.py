@@ -97,9 +97,9 @@ def test_u2netp_finds_the_drawn_object_and_caches(tmp_path):
 
 @needs_u2netp
 def test_u2netp_on_a_real_photo():
+    from conftest import SHARED_DATA
     from pycocotools.coco import COCO
 
-    from conftest import SHARED_DATA
     from wsis.proposals.cache import read_image
 
     ann = SHARED_DATA / "coco-val50" / "annotations" / "instances_val2017.json"
