@@ -30,7 +30,7 @@ proposals the papers of this field used, on boundaries that install with the pro
    ``dedup_iou``) are removed best-first and the best ``max_proposals`` kept.
 
 Settings were chosen on training images only (coco128 images 0-39, class-agnostic ABO / recall@0.5
-of the best of 1,000), never on coco-val50 (record: ``benchmarks/results/proposals.md``):
+of the best of 1,000), never on coco-val50 (``benchmarks/results/proposals_train.md``; coco-val50: ``proposals.md``):
 ``dedup_iou`` 0.75 over 0.95 (ABO 0.530 -> 0.542, recall 0.546 -> 0.568: the budget goes to other
 objects instead of near-copies), Gaussian ``smooth`` 1.0 over 0.5 (0.522) and 1.5 (0.530), the
 five ``levels`` over nine (3-64 regions: 0.543, 70 % slower).
