@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(time_hed(data, args.time_hed))
     load = os.getloadavg()
     label = ("coco-val50" if args.split == "val" else
-             "TRAINING images (coco128 0-39 + coco-train83 0-19: the tuning set, not a benchmark)")
+             f"TRAINING images (the first {len(data)} of coco128 0-39 then coco-train83 0-19: the tuning set, "
+             "not a benchmark)")
     command = "python benchmarks/bench_proposals.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"{label}, {len(data)} images, {results[0]['instances']} non-crowd instances "
               f"({results[0].get('instances_32px', '-')} of >= 32x32 px); commit {commit()}; "
