@@ -117,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     method = get_method(args.method)
     records = _load(args.data, args)
-    method.fit(records, config=args.config, overrides=args.overrides, workdir=args.workdir)
+    masks_for = [f"masks_for={args.masks_for}"] if args.masks_for else []
+    method.fit(records, config=args.config, overrides=masks_for + list(args.overrides), workdir=args.workdir)
     print(f"trained {args.method}; checkpoint and config in {args.workdir}")
     return 0
 
@@ -128,6 +129,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = load_trained(args.workdir)
     records = _load(args.data, args)
+    if args.semantic:
+        from wsis.methods.dasnet.output import write_semantic_maps
+
+        write_semantic_maps(model, records, args.semantic)
+        print(f"semantic maps of {len(records)} images -> {args.semantic}")
     preds = model.predict_records(records, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(preds, args.out)
@@ -234,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     p.add_argument("--config", type=Path, help="YAML config (defaults: the paper's values)")
     p.add_argument("--workdir", required=True, type=Path, help="checkpoints and logs; an existing run resumes")
+    p.add_argument("--masks-for", help="dasnet: masks of the first N images by ascending id, or a file of ids / file names")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_train)
 
@@ -241,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, type=Path, help="the training workdir")
     _add_dataset_args(p)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--semantic", type=Path, help="dasnet: also a VOC-palette PNG per image and semantic.json here")
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -18,6 +18,9 @@ class DASNetDetectorConfig:
     backbone: str = "tf_efficientnet_lite0"
     head: Literal["ssd", "ssdlite"] = "ssd"          # SSD's 3x3 conv predictors or SSDLite's separable ones
     pretrained: bool | str = True
+    # ssd only: keep the ImageNet Lite0 body fixed and train the L2 norms, extra levels and heads
+    # (a CPU saving: the body's backward pass is ~2/3 of a step). The paper fine-tunes everything.
+    frozen_body: bool = False
     # Channels of the extra stride-2 SSD levels after Lite0's stride 8/16/32 stages (SSD300's conv8-11).
     extra_channels: list[int] = field(default_factory=lambda: [256, 128, 128])
     score_threshold: float = 0.01    # SSD's test-time candidate threshold (the paper's detector is [21]'s)

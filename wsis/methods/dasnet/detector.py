@@ -46,7 +46,7 @@ class _Lite0Pyramid(nn.Module):
     1e6, measured). Each backbone level therefore gets SSD's conv4_3 L2 normalisation (scale 20).
     """
 
-    def __init__(self, pretrained: bool | str, extra_channels: list[int]) -> None:
+    def __init__(self, pretrained: bool | str, extra_channels: list[int], frozen_body: bool = False) -> None:
         super().__init__()
         import timm
         from timm.layers import freeze_batch_norm_2d
@@ -58,7 +58,7 @@ class _Lite0Pyramid(nn.Module):
             wanted = set(body.state_dict())
             body.load_state_dict({k: v for k, v in state.items() if k in wanted})
             body = freeze_batch_norm_2d(body)
-        self.body = body
+        self.body = body.requires_grad_(not frozen_body)
         extras, c = [], LITE0_SSD_CHANNELS[-1]
         for out in extra_channels:
             extras.append(nn.Sequential(nn.Conv2d(c, out // 2, 1), nn.ReLU(inplace=True),
@@ -117,7 +117,7 @@ def _build_ssd(cfg: DASNetDetectorConfig, num_classes: int, size: int, pretraine
     if cfg.backbone != "tf_efficientnet_lite0":
         raise InputError("config", f"the SSD detector is built on tf_efficientnet_lite0, not {cfg.backbone!r} "
                          "(use detector.kind=faster_rcnn for the FPN backbones)")
-    pyramid = _Lite0Pyramid(pretrained, cfg.extra_channels)
+    pyramid = _Lite0Pyramid(pretrained, cfg.extra_channels, cfg.frozen_body)
     levels = len(pyramid.channels)
     # SSD300's aspect ratios: {2} on the first and last two levels, {2, 3} in between.
     ratios = [[2] if i == 0 or i >= levels - 2 else [2, 3] for i in range(levels)]

@@ -56,3 +56,24 @@ def write_classes(folder: str | Path, category_ids: Sequence[int], categories: d
              for i, c in enumerate(category_ids)}
     with atomic_write(Path(folder) / "classes.json") as f:
         json.dump({"0": {"category_id": 0, "name": "background"}, **table}, f, indent=2)
+
+
+def write_semantic_maps(predictor, records, folder: str | Path) -> None:
+    """``<folder>/<image stem>.png`` (VOC palette), ``classes.json`` and ``semantic.json`` (COCO results,
+    one instance per class and image: ``wsis evaluate --semantic --pred semantic.json`` scores them)."""
+    from tqdm import tqdm
+
+    from wsis.data.coco import write_coco_results
+    from wsis.errors import InputError
+
+    if not hasattr(predictor, "predict_semantic"):
+        raise InputError("--semantic", "this trained method has no semantic output (dasnet has)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for record in tqdm(list(records), desc="semantic", unit="img"):
+        label_map = predictor.predict_semantic(record)
+        write_semantic_png(folder / f"{Path(record.file_name).stem}.png", label_map, predictor.category_ids)
+        results[record.image_id] = semantic_instances(label_map)
+    write_classes(folder, predictor.category_ids, predictor.categories)
+    write_coco_results(results, folder / "semantic.json")
