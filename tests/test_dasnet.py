@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,46 @@ def test_voc_palette_and_semantic_instances() -> None:
     inst = semantic_instances(np.array([[0, 3], [7, 3]]))
     assert inst.labels.tolist() == [3, 7]
     assert inst.mask_array()[0].tolist() == [[False, True], [False, True]]
+
+
+# ---------------------------------------------------------------- end to end (slow)
+
+@pytest.mark.slow
+def test_cli_train_with_three_masks_beats_boxes_as_masks_on_held_out_scenes(tmp_path) -> None:
+    """Semantic mIoU of DASNet's semantic maps against the same detections' boxes filled (measured
+    when written: 27.8 vs 20.5). The instance head's masks are only checked to exist: on this
+    schedule their ABO (26.4) is still under the boxes' (27.8); benchmarks/results/dasnet.md has
+    the longer runs."""
+    from PIL import Image
+
+    from wsis.cli import main
+    from wsis.data import load_dataset
+    from wsis.data.coco import read_coco_results
+    from wsis.eval.semantic import semantic_miou
+    from wsis.methods import load_trained
+
+    torch.set_num_threads(1)
+    assert main(["synth", "--out", str(tmp_path / "train"), "--images", "40", "--seed", "1"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "val"), "--images", "8", "--seed", "2"]) == 0
+    train_json, val_json = tmp_path / "train/annotations.json", tmp_path / "val/annotations.json"
+    run = tmp_path / "run"
+    short = ["augment.size=128", "tasks=[semantic,instance]", "device=cpu",
+             "schedule.detector.iterations=80", "schedule.detector.lr_steps=[60]", "schedule.detector.log_every=100",
+             "schedule.semantic.iterations=30", "schedule.semantic.lr_steps=[25]",
+             "schedule.instance.iterations=10", "schedule.instance.lr_steps=[8]"]
+    assert main(["train", "dasnet", "--data", str(train_json), "--workdir", str(run), "--masks-for", "3",
+                 "--config", "wsis/configs/demo_dasnet.yaml", *short]) == 0
+    assert main(["predict", "--workdir", str(run), "--data", str(val_json), "--out", str(tmp_path / "pred.json"),
+                 "--semantic", str(tmp_path / "sem")]) == 0
+    val = load_dataset(val_json)
+    png = Image.open(tmp_path / "sem" / f"{Path(val[0].file_name).stem}.png")
+    assert png.mode == "P" and png.size == (val[0].width, val[0].height)
+    assert (tmp_path / "sem/classes.json").is_file() and (tmp_path / "sem/semantic.json").is_file()
+
+    assert sum(len(v) for v in read_coco_results(tmp_path / "pred.json", val).values()) > 0
+    predictor = load_trained(run)
+    predictor.masks = "boxes"
+    boxes = predictor.predict_records(val, progress=False)
+    ours = semantic_miou(val, read_coco_results(tmp_path / "sem/semantic.json", val))["miou"]
+    baseline = semantic_miou(val, boxes)["miou"]
+    assert ours > baseline, (ours, baseline)
