@@ -45,21 +45,21 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsis import masks as mask_ops
 from wsis.config import load_config, to_dict
 from wsis.data.images import load_image
 from wsis.engine import Trainer, pick_device
+from wsis.engine.schedule import ScheduleConfig, lr_factor
 from wsis.engine.checkpoint import save_checkpoint
 from wsis.errors import InputError
+from wsis.methods.base import Predictor, register
 from wsis.methods.dasnet.config import DASNetConfig
 from wsis.methods.dasnet.data import (DetectionDataset, SegmentationDataset, collate_detection,
                                       collate_segmentation, split_supervision)
 from wsis.methods.dasnet.inference import (box_masks, detect, instance_probs, network_input, paste,
                                            semantic_labels)
 from wsis.methods.dasnet.model import TASKS, DASNet, SegmentationStage, detector_step, segmentation_step
-from wsis.methods.maskrcnn import ScheduleConfig, lr_factor
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -169,16 +169,21 @@ def load(workdir: str | Path) -> "DASNetPredictor":
     return DASNetPredictor(model, cfg, category_ids, categories)
 
 
-class DASNetPredictor:
+@register("dasnet", DASNetConfig)
+class DASNetPredictor(Predictor):
     """A trained DASNet. ``masks`` (from ``test.masks``, settable): ``"instance"`` for the instance
-    head's masks, ``"boxes"`` for the boxes-as-masks baseline on the same detections."""
+    head's masks, ``"boxes"`` for the boxes-as-masks baseline on the same detections.
+
+    DASNet uses no object proposals, so its config has no ``proposals`` section and the base's
+    proposal cache is not set up (``proposal_cache`` is None)."""
 
     def __init__(self, model: DASNet, cfg: DASNetConfig, category_ids: list[int], categories: dict[int, str]) -> None:
-        self.device = pick_device(cfg.device)
-        self.model = model.to(self.device).eval()
         self.cfg = cfg
-        self.category_ids = category_ids
-        self.categories = categories
+        self.device = pick_device(cfg.device)
+        self.category_ids = [int(c) for c in category_ids]
+        self.categories = dict(categories)
+        self.proposal_cache = None
+        self.model = model.to(self.device).eval()
         self.masks = cfg.test.masks
 
     def _detect(self, image: np.ndarray):
@@ -200,7 +205,7 @@ class DASNetPredictor:
             masks = np.stack([paste(p, b, h, w, self.cfg.test.mask_threshold) for p, b in zip(probs, det.boxes)]) \
                 if len(probs) else np.zeros((0, h, w), bool)
         keep = masks.any(axis=(1, 2))
-        labels = np.asarray(self.category_ids, np.int64)[det.labels[keep]] if keep.any() else np.zeros(0, np.int64)
+        labels = self.labels_of(det.labels[keep])
         return Instances((h, w), boxes=det.boxes[keep], labels=labels, scores=det.scores[keep],
                          masks=mask_ops.encode_many(masks[keep]))
 
@@ -224,8 +229,3 @@ class DASNetPredictor:
         h, w = image.shape[:2]
         return (self._instances(image, det, features),
                 semantic_labels(self.model, features, det, h, w, self.category_ids, self.cfg.test))
-
-    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
-                        ) -> dict[int, Instances]:
-        return {r.image_id: self.predict(r)
-                for r in tqdm(list(records), desc="predict dasnet", disable=not progress, unit="img")}

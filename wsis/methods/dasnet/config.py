@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from wsis.methods.maskrcnn import ScheduleConfig
+from wsis.engine.schedule import ScheduleConfig
 
 
 @dataclass

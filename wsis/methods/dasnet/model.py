@@ -2,7 +2,6 @@
 each stage (``papers/003``, 3.5)."""
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 from torch import nn
