@@ -190,7 +190,7 @@ def test_cli_train_with_three_masks_beats_boxes_as_masks_on_held_out_scenes(tmp_
     train_json, val_json = tmp_path / "train/annotations.json", tmp_path / "val/annotations.json"
     run = tmp_path / "run"
     short = ["augment.size=128", "tasks=[semantic,instance]", "device=cpu",
-             "schedule.detector.iterations=80", "schedule.detector.lr_steps=[60]", "schedule.detector.log_every=100",
+             "schedule.detection.iterations=80", "schedule.detection.lr_steps=[60]", "schedule.detection.log_every=100",
              "schedule.semantic.iterations=30", "schedule.semantic.lr_steps=[25]",
              "schedule.instance.iterations=10", "schedule.instance.lr_steps=[8]"]
     assert main(["train", "dasnet", "--data", str(train_json), "--workdir", str(run), "--masks-for", "3",
@@ -209,3 +209,38 @@ def test_cli_train_with_three_masks_beats_boxes_as_masks_on_held_out_scenes(tmp_
     ours = semantic_miou(val, read_coco_results(tmp_path / "sem/semantic.json", val))["miou"]
     baseline = semantic_miou(val, boxes)["miou"]
     assert ours > baseline, (ours, baseline)
+
+
+def test_semantic_png_holds_palette_indices_of_the_model_classes(tmp_path) -> None:
+    from PIL import Image
+
+    from wsis.methods.dasnet.output import write_semantic_png
+
+    write_semantic_png(tmp_path / "a.png", np.array([[0, 7], [3, 7]]), [3, 5, 7])
+    png = Image.open(tmp_path / "a.png")
+    assert png.mode == "P" and np.asarray(png).tolist() == [[0, 3], [1, 3]]
+    assert png.getpalette()[3:6] == [128, 0, 0]
+
+
+def test_configs_saved_before_the_schedule_rename_still_load() -> None:
+    from wsis.methods.dasnet import migrate_config
+
+    old = {"seed": 1, "schedule": {"detector": {"iterations": 5}, "semantic": {"iterations": 2}}}
+    assert migrate_config(old) == {"seed": 1, "schedule": {"detection": {"iterations": 5}, "semantic": {"iterations": 2}}}
+
+
+@pytest.mark.parametrize("kind, backbone, sides", [("ssd", "tf_efficientnet_lite0", [40, 20, 10, 5, 3, 2]),
+                                                   ("faster_rcnn", "lite0_fpn", [80, 40, 20, 10, 5])])
+def test_detector_levels_and_box_losses(kind, backbone, sides) -> None:
+    from wsis.methods.dasnet.config import DASNetDetectorConfig
+    from wsis.methods.dasnet.detector import Detector
+
+    det = Detector(DASNetDetectorConfig(kind=kind, backbone=backbone), num_classes=3, size=320, pretrained=False)
+    images = torch.rand(1, 3, 320, 320)
+    features = det.features(images)
+    assert [f.shape[-1] for f in features] == sides and [f.shape[1] for f in features] == det.channels
+    det.train()
+    losses = det(images, [{"boxes": torch.tensor([[10.0, 20.0, 200.0, 150.0]]), "labels": torch.tensor([2])}])
+    assert all(torch.isfinite(v) for v in losses.values())
+    found = det.detect(images)[0]
+    assert set(found) >= {"boxes", "labels", "scores"}

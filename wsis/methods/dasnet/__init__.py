@@ -57,7 +57,7 @@ from wsis.methods.base import Predictor, register
 from wsis.methods.dasnet.config import DASNetConfig
 from wsis.methods.dasnet.data import (DetectionDataset, SegmentationDataset, collate_detection,
                                       collate_segmentation, split_supervision)
-from wsis.methods.dasnet.inference import (box_masks, detect, instance_probs, network_input, paste,
+from wsis.methods.dasnet.inference import (Detections, box_masks, detect, instance_probs, network_input, paste,
                                            semantic_labels)
 from wsis.methods.dasnet.model import TASKS, DASNet, SegmentationStage, detector_step, segmentation_step
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
@@ -78,7 +78,7 @@ def _check(cfg: DASNetConfig, source: str) -> None:
         problems.append("segmentation.positives and negatives must be >= 0")
     if cfg.augment.size < 32 or not 0 < cfg.augment.min_crop <= 1 or cfg.augment.max_expand < 1:
         problems.append("augment.size >= 32, 0 < augment.min_crop <= 1 and augment.max_expand >= 1 are required")
-    for name in ("detector", *cfg.tasks):
+    for name in ("detection", *cfg.tasks):
         sched: ScheduleConfig = getattr(cfg.schedule, name)
         if sched.iterations < 0 or sched.batch_size < 1:
             problems.append(f"schedule.{name}: iterations must be >= 0 and batch_size >= 1")
@@ -132,7 +132,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     elif (det_dir / STAGE_MODEL).is_file():
         load_weights(model.detector, det_dir / STAGE_MODEL)
     else:
-        sched = cfg.schedule.detector
+        sched = cfg.schedule.detection
         data = DetectionDataset(box_records, label_of, cfg.augment, cfg.seed,
                                 repeat=_repeat(len(box_records), sched))
         _train_stage(model.detector, [p for p in model.detector.parameters() if p.requires_grad], data,
@@ -160,9 +160,17 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     return DASNetPredictor(model, cfg, category_ids, records.categories)
 
 
+def migrate_config(config: dict) -> dict:
+    """A config saved before the shape merge: ``schedule.detector`` is now ``schedule.detection``."""
+    schedule = config.get("schedule")
+    if isinstance(schedule, dict) and "detector" in schedule:
+        config = {**config, "schedule": {("detection" if k == "detector" else k): v for k, v in schedule.items()}}
+    return config
+
+
 def load(workdir: str | Path) -> "DASNetPredictor":
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, DASNetConfig)
+    meta, cfg = read_trained(workdir, DASNetConfig, migrate_config)
     category_ids, categories = trained_categories(meta)
     model = DASNet(cfg, len(category_ids), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
@@ -186,13 +194,29 @@ class DASNetPredictor(Predictor):
         self.model = model.to(self.device).eval()
         self.masks = cfg.test.masks
 
-    def _detect(self, image: np.ndarray):
+    def _detect(self, image: np.ndarray, given: Instances | None = None):
         x, sx, sy = network_input(image, self.cfg.augment.size)
         x = x.to(self.device)
         with torch.no_grad():
-            det = detect(self.model, x, sx, sy, self.cfg.test)
+            det = detect(self.model, x, sx, sy, self.cfg.test) if given is None else self._as_detections(given, sx, sy)
             features = self.model.detector.features(x)
         return det, features
+
+    def _as_detections(self, given: Instances, sx: float, sy: float) -> Detections:
+        index = {c: i for i, c in enumerate(self.category_ids)}
+        labels = np.asarray([index[int(c)] for c in given.labels], np.int64)
+        boxes_net = torch.as_tensor(given.boxes / np.array([sx, sy, sx, sy], np.float32), device=self.device)
+        return Detections(given.boxes, labels, given.scores, boxes_net)
+
+    def predict_given_boxes(self, record: ImageRecord, boxes: Instances) -> tuple[Instances, np.ndarray]:
+        """Instances and semantic map with ``boxes`` (category ids as labels) in place of the
+        detector's: the segmentation module alone (a diagnosis with ground-truth boxes)."""
+        image = load_image(record.path)
+        det, features = self._detect(image, boxes)
+        h, w = image.shape[:2]
+        semantic = semantic_labels(self.model, features, det, h, w, self.category_ids, self.cfg.test) \
+            if "semantic" in self.model.segmenters else np.zeros((h, w), np.int64)
+        return self._instances(image, det, features), semantic
 
     def _instances(self, image: np.ndarray, det, features) -> Instances:
         h, w = image.shape[:2]

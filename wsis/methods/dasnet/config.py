@@ -75,7 +75,7 @@ class DASNetTestConfig:
 @dataclass
 class DASNetSchedules:
     # SSD300's VOC schedule ([21]: lr 1e-3 for 40K, then 1e-4 and 1e-5 for 10K each, batch 32).
-    detector: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
+    detection: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(
         iterations=60000, batch_size=32, lr=0.001, momentum=0.9, weight_decay=0.0005, lr_steps=[40000, 50000],
         checkpoint_every=1000))
     # 4.1: SGD momentum 0.9, lr 0.01 (semantic) / 0.02 (instance), /10 after 15K and 30K, batch 32.
