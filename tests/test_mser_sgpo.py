@@ -102,6 +102,9 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
         np.testing.assert_allclose(a.prms, b.prms, atol=1e-6)
         np.testing.assert_allclose(a.class_maps, b.class_maps, atol=1e-4)
 
+    first_seconds = json.loads((work / "method.json").read_text())["train_seconds"]
+    assert first_seconds > 0  # written by trained.save_trained: the time summed over resumed runs
+
     # resume: finished stages are not retrained, finished masks not recomputed; a lost mask is redone
     stamps = {p: p.stat().st_mtime_ns for p in [work / "stage1/model.pt", work / "stage2/model.pt"]}
     log_lines = [(work / f"stage{t}/log.jsonl").read_text().count("\n") for t in (1, 2)]
@@ -116,7 +119,9 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert (load_mask(lost) == before).all()
     assert len(again.models) == 2
-    assert json.loads((work / "method.json").read_text())["method"] == "mser_sgpo"
+    meta = json.loads((work / "method.json").read_text())
+    assert meta["method"] == "mser_sgpo" and "train_seconds_this_run" not in meta
+    assert meta["train_seconds"] >= first_seconds
 
     # other erasing settings in the same workdir are refused, not silently mixed
     from wsis.errors import InputError

@@ -37,3 +37,18 @@ def test_cli_lists_methods_without_torch():
             "assert 'mser_sgpo' in h and 'pdsl' in h, h; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_only_trained_py_writes_method_json():
+    # a run is written one way (main process only, train_seconds summed): wsis.methods.trained
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "wsis"
+    writers = []
+    for path in root.rglob("*.py"):
+        if path.name == "trained.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "atomic_write(" in line and ("META_FILE" in line or "method.json" in line):
+                writers.append(f"{path.relative_to(root)}:{number}")
+    assert not writers, f"method.json written outside wsis/methods/trained.py: {writers}"
