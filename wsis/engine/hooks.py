@@ -210,6 +210,7 @@ class Checkpointer(HookBase):
         if not (self.resume and path.is_file()):
             return
         state = load_checkpoint(path, map_location="cpu")
+        check_same_settings(path, state.get("config"), trainer.config)
         try:
             trainer.model.load_state_dict(state["model"])
             trainer.optimizer.load_state_dict(state["optimizer"])
@@ -220,6 +221,7 @@ class Checkpointer(HookBase):
             trainer.global_step = int(state["step"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise InputError(path, f"checkpoint does not fit this model/optimizer: {str(e)[:300]}") from e
+        _say(trainer, f"resuming from {path}: " + _resume_position(trainer))
         rngs = state.get("rng") or []
         if len(rngs) == trainer.info.world_size:
             restore_rng_state(rngs[trainer.info.rank])
@@ -260,3 +262,98 @@ class Checkpointer(HookBase):
                     state[hook.state_key] = hook.state_dict()
             save_checkpoint(trainer.workdir / self.CHECKPOINT_NAME, state)
         dist_utils.barrier()
+
+
+class RunAnnouncer(HookBase):
+    """The start line of a run (samples, batch, steps) and, once, after its first steps, the time
+    per step and the time left at that rate: a user sees at once what a run will cost."""
+
+    def __init__(self, after_steps: int = 3) -> None:
+        self.after_steps = after_steps
+        self._steps, self._started, self._done, self._total = 0, 0.0, False, 0
+
+    def before_train(self, trainer: "Trainer") -> None:
+        self._steps, self._started, self._done = 0, time.perf_counter(), False
+
+    def before_epoch(self, trainer: "Trainer") -> None:
+        if self._total:  # announced already
+            return
+        per_epoch = trainer.epoch_length
+        self._total = (trainer.max_iterations if trainer.max_iterations is not None
+                       else per_epoch * trainer.total_epochs)
+        info = trainer.info
+        batch = f"batch {trainer.batch_size}" + (f" x {info.world_size} processes" if info.world_size > 1 else "")
+        samples = trainer.num_samples if trainer.num_samples is not None else "?"
+        _say(trainer, f"training on {info.device.type}: {samples} samples, {batch}, {per_epoch} steps per epoch x "
+                      f"{trainer.total_epochs} epochs = {self._total} steps")
+
+    def after_step(self, trainer: "Trainer") -> None:
+        self._steps += 1
+        if self._done or self._steps < min(self.after_steps, max(self._total, 1)):
+            return
+        self._done = True
+        per_step = (time.perf_counter() - self._started) / self._steps
+        left = max(self._total - trainer.global_step, 0)
+        _say(trainer, f"{per_step:.2f} s per step over the first {self._steps}: about {_duration(per_step * left)} "
+                      f"for the {left} steps left")
+
+
+# Settings that do not change what a run computes, or that only say how far it goes (a schedule may
+# be extended): they may differ between a run and its resumption.
+RESUME_FREE_KEYS = ("num_workers", "device", "epochs", "iterations")
+
+
+def changed_settings(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every dotted key whose value differs (keys only on one side included),
+    except those ending in one of :data:`RESUME_FREE_KEYS`."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += changed_settings(saved.get(key, "(unset)"), current.get(key, "(unset)"), f"{prefix}{key}.")
+        return out
+    key = prefix.rstrip(".")
+    if saved == current or key.split(".")[-1] in RESUME_FREE_KEYS:
+        return []
+    return [f"{key}: {_short(saved)} -> {_short(current)}"]
+
+
+def check_same_settings(path: Any, saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    """A checkpoint continues only the run that wrote it: any setting that changes the result must be
+    the same, else the error names what changed. Checkpoints written before settings were stored
+    (``saved`` None) have nothing to compare."""
+    if saved is None:
+        return
+    changed = changed_settings(saved, current)
+    if changed:
+        shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
+        raise InputError(path, f"this run was started with other settings ({shown}); resume with "
+                               "the same ones, or start over (wsis train --restart)")
+
+
+def _resume_position(trainer: "Trainer") -> str:
+    if trainer.max_iterations is not None:
+        if trainer.global_step >= trainer.max_iterations:
+            return f"all {trainer.max_iterations} iterations were done already"
+        return f"{trainer.global_step} of {trainer.max_iterations} iterations done"
+    if trainer.epoch >= trainer.total_epochs:
+        return f"all {trainer.total_epochs} epochs were done already"
+    return (f"{trainer.epoch} of {trainer.total_epochs} epochs and {trainer.step_in_epoch} steps of the next done "
+            f"(step {trainer.global_step})")
+
+
+def _say(trainer: "Trainer", text: str) -> None:
+    if getattr(trainer, "progress", True) and dist_utils.is_main():
+        tqdm.write(text)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsis.engine import distributed as dist_utils
 from wsis.engine.checkpoint import derive_seed, seed_everything
-from wsis.engine.hooks import Checkpointer, GradClip, HookBase, LRScheduler, MetricsLogger
+from wsis.engine.hooks import Checkpointer, GradClip, HookBase, LRScheduler, MetricsLogger, RunAnnouncer
+from wsis.engine.hooks import RESUME_FREE_KEYS, changed_settings  # noqa: F401 (the resume check, re-exported)
 
 StepOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
 StepFn = Callable[[nn.Module, Any], StepOutput]
@@ -179,6 +180,10 @@ class Trainer:
         self.hooks: list[HookBase] = [*compat, *hooks]
         if not any(isinstance(h, MetricsLogger) for h in self.hooks):
             self.hooks.append(MetricsLogger(log_every, progress))
+        if progress and not any(isinstance(h, RunAnnouncer) for h in self.hooks):
+            self.hooks.append(RunAnnouncer())
+        self.progress = progress
+        self.num_samples: int | None = None
         if not any(isinstance(h, Checkpointer) for h in self.hooks):
             self.hooks.append(Checkpointer(checkpoint_every, resume))
         # the loop's position, read by hooks
@@ -233,6 +238,7 @@ class Trainer:
                 self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
                                                                find_unused_parameters=self.find_unused_parameters)
             loader = data if isinstance(data, DataLoader) else self._make_loader(data, info)
+            self.num_samples = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
             self.epoch_length = len(loader)
             if self.max_iterations is not None:
                 if self.epoch_length == 0 and self.max_iterations > self.global_step:

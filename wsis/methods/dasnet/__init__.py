@@ -168,9 +168,10 @@ def migrate_config(config: dict) -> dict:
     return config
 
 
-def load(workdir: str | Path) -> "DASNetPredictor":
+def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "DASNetPredictor":
+    """The trained DASNet of ``workdir``; ``overrides`` may change ``device`` and ``test.*``."""
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, DASNetConfig, migrate_config)
+    meta, cfg = read_trained(workdir, DASNetConfig, migrate_config, overrides=overrides)
     category_ids, categories = trained_categories(meta)
     model = DASNet(cfg, len(category_ids), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
@@ -184,6 +185,8 @@ class DASNetPredictor(Predictor):
 
     DASNet uses no object proposals, so its config has no ``proposals`` section and the base's
     proposal cache is not set up (``proposal_cache`` is None)."""
+
+    inference_keys = ("device", "test")
 
     def __init__(self, model: DASNet, cfg: DASNetConfig, category_ids: list[int], categories: dict[int, str]) -> None:
         self.cfg = cfg

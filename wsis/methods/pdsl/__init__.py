@@ -178,9 +178,9 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     return PDSLPredictor(model, cfg, category_ids, records.categories, workdir)
 
 
-def load(workdir: str | Path) -> "PDSLPredictor":
+def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PDSLPredictor":
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, PDSLMethodConfig)
+    meta, cfg = read_trained(workdir, PDSLMethodConfig, overrides=overrides)
     category_ids, categories = trained_categories(meta)
     model = build_pdsl(cfg.model, len(category_ids), cfg.loss, cfg.seed, pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
@@ -190,6 +190,8 @@ def load(workdir: str | Path) -> "PDSLPredictor":
 @register("pdsl", PDSLMethodConfig)
 class PDSLPredictor(Predictor):
     """A trained PDSL network: proposals (cached) -> multi-scale detections -> masks."""
+
+    inference_keys = ("device", "proposals", "test")
 
     def __init__(self, model: PDSLNet, cfg: PDSLMethodConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path) -> None:
