@@ -300,7 +300,7 @@ class RunAnnouncer(HookBase):
 
 # Settings that do not change what a run computes, or that only say how far it goes (a schedule may
 # be extended): they may differ between a run and its resumption.
-RESUME_FREE_KEYS = ("num_workers", "device", "epochs", "iterations")
+RESUME_FREE_KEYS = ("num_workers", "device", "epochs", "iterations", "steps")
 
 
 def changed_settings(saved: Any, current: Any, prefix: str = "") -> list[str]:
