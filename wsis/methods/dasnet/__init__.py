@@ -95,10 +95,14 @@ def _train_stage(module: torch.nn.Module, params: list[torch.nn.Parameter], data
         optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
     meta.setdefault("stages", {})[stage_dir.name] = {"epochs": epochs, "steps": epochs * steps_per_epoch,
                                                       "samples_per_epoch": len(dataset)}
+    # The checkpoint's settings are this stage's only: a resumed run skips finished stages, so the
+    # run-wide "stages" table differs then, and the resume check would refuse it.
+    settings = {**{k: v for k, v in meta.items() if k != "stages"}, "stage": stage_dir.name,
+                **meta["stages"][stage_dir.name]}
     Trainer(module, optimizer, step_fn=step, scheduler=scheduler, scheduler_interval="step", workdir=stage_dir,
             epochs=epochs, device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
             num_workers=cfg.num_workers, collate_fn=collate, log_every=sched.log_every, grad_clip=sched.grad_clip,
-            checkpoint_every=sched.checkpoint_every, config=meta, find_unused_parameters=True).fit(dataset)
+            checkpoint_every=sched.checkpoint_every, config=settings, find_unused_parameters=True).fit(dataset)
 
 
 def _repeat(n_records: int, sched: ScheduleConfig) -> int:
