@@ -188,7 +188,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(resolution_line(args.method, config, args.overrides))
     if args.restart and args.workdir.exists():
         _move_aside(args.workdir)
-    method.fit(records, config=config, overrides=args.overrides, workdir=args.workdir)
+    masks_for = [f"masks_for={args.masks_for}"] if args.masks_for else []
+    method.fit(records, config=config, overrides=masks_for + list(args.overrides), workdir=args.workdir)
     print(f"trained {args.method}; checkpoint and config in {args.workdir}")
     return 0
 
@@ -292,6 +293,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     records = _prediction_images(args)
     to_data, names = _output_classes(meta, records, _has_class_list(args.data, args), args.data)
     model = load_trained(args.workdir, args.overrides)  # the heavy part starts here
+    if args.semantic:
+        from wsis.methods.dasnet.output import write_semantic_maps
+
+        write_semantic_maps(model, records, args.semantic)
+        print(f"semantic maps of {len(records)} images -> {args.semantic}")
     preds = {i: _relabel(p, to_data) for i, p in model.predict_records(records, progress=True).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(preds, args.out, categories=names)
@@ -443,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoints and logs; an existing run resumes (with the same settings only)")
     p.add_argument("--restart", action="store_true",
                    help="start over: an existing WORKDIR is renamed WORKDIR.old-DATE first")
+    p.add_argument("--masks-for", help="dasnet: masks of the first N images by ascending id, or a file of ids / file names")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_train)
 
@@ -450,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, type=Path, help="the training workdir")
     _add_dataset_args(p)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--semantic", type=Path, help="dasnet: also a VOC-palette PNG per image and semantic.json here")
     _add_selection_args(p)
     p.add_argument("overrides", nargs="*",
                    help="inference settings key=value (e.g. classifier.class_threshold=-1, proposals.settings.max_side=320); "

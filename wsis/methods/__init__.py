@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "wise": "wsis.methods.wise",
     "maskrcnn": "wsis.methods.maskrcnn",
     "pdsl": "wsis.methods.pdsl",
+    "dasnet": "wsis.methods.dasnet",
 }
 
 
