@@ -237,6 +237,9 @@ class Trainer:
             shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
             raise InputError(self.checkpoint_path, f"this run was started with other settings ({shown}); resume with "
                                                    "the same ones, or start over (wsis train --restart)")
+        length = changed_settings(saved, self.config, only=SCHEDULE_LENGTH_KEYS)
+        if length:
+            self._say(f"continuing {self.checkpoint_path} to another schedule length ({'; '.join(length)})")
 
     def _announce(self, loader: DataLoader, info: dist_utils.DistInfo, start_epoch: int) -> None:
         """The start line: samples, batch, steps; the time estimate follows after a few steps."""
@@ -397,18 +400,25 @@ class Trainer:
 
 # Settings that do not change what a run computes: they may differ between a run and its resumption.
 RESUME_FREE_KEYS = ("num_workers", "device")
+# The schedule's length: a run stopped (or finished) at one length and continued to another is the
+# run of that other length, because learning-rate schedules are stated in absolute epochs/iterations
+# (exact resume; tests/test_pdsl.py and test_engine.py resume across a longer schedule). Reported.
+SCHEDULE_LENGTH_KEYS = ("epochs", "iterations", "steps")
 
 
-def changed_settings(saved: Any, current: Any, prefix: str = "") -> list[str]:
+def changed_settings(saved: Any, current: Any, prefix: str = "", *, only: tuple[str, ...] | None = None) -> list[str]:
     """``"key: old -> new"`` for every dotted key whose value differs (keys only on one side included),
-    except those ending in one of :data:`RESUME_FREE_KEYS`."""
+    except those ending in one of :data:`RESUME_FREE_KEYS` or :data:`SCHEDULE_LENGTH_KEYS`; with
+    ``only``, just the keys ending in one of those."""
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         out = []
         for key in sorted(set(saved) | set(current), key=str):
-            out += changed_settings(saved.get(key, "(unset)"), current.get(key, "(unset)"), f"{prefix}{key}.")
+            out += changed_settings(saved.get(key, "(unset)"), current.get(key, "(unset)"), f"{prefix}{key}.", only=only)
         return out
     key = prefix.rstrip(".")
-    if saved == current or key.split(".")[-1] in RESUME_FREE_KEYS:
+    last = key.split(".")[-1]
+    skipped = last not in only if only is not None else last in RESUME_FREE_KEYS + SCHEDULE_LENGTH_KEYS
+    if saved == current or skipped:
         return []
     return [f"{key}: {_short(saved)} -> {_short(current)}"]
 
