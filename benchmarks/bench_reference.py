@@ -42,6 +42,20 @@ def training_set(paths=TRAIN_JSONS) -> RecordSet:
     return RecordSet([r for s in sets for r in s.records], dict(sets[0].categories), "+".join(s.name for s in sets))
 
 
+def snapshot_checkpoint(workdir: Path, config: Path, overrides, train: RecordSet) -> None:
+    """Turn an unfinished run's ``last.pt`` into a loadable model (``model.pt`` + ``method.json``),
+    recording the step it stopped at; the training wall time is the log's last timestamp."""
+    from wsis.config import load_config, to_dict
+    from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(workdir / "last.pt")
+    cfg = load_config(maskrcnn.MaskRCNNMethodConfig, config, list(overrides))
+    meta = {**state["config"], "config": to_dict(cfg), "stopped_at_step": int(state["step"])}
+    meta.setdefault("category_ids", sorted(train.categories))
+    save_checkpoint(workdir / "model.pt", {"model": state["model"]})
+    (workdir / "method.json").write_text(json.dumps(meta, indent=2))
+
+
 def timed_predictions(predictor, records) -> tuple[dict, list[float]]:
     preds, seconds = {}, []
     for record in records:
@@ -63,13 +77,18 @@ def main() -> None:
     parser.add_argument("--val", type=Path, default=VAL_JSON)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/reference")
     parser.add_argument("--train-only", action="store_true", help="train (or resume), evaluate nothing")
-    parser.add_argument("--train-eval-limit", type=int, help="score only the first N training images")
+    parser.add_argument("--train-eval-every", type=int, default=1,
+                        help="score every k-th training image (both folders; the CPU budget's choice)")
+    parser.add_argument("--stopped-at-checkpoint", action="store_true",
+                        help="an unfinished run: score its last checkpoint (the step it reached is reported)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     train, val = training_set(), load_dataset(args.val)
     started = time.perf_counter()
+    if args.stopped_at_checkpoint and not (args.workdir / "method.json").is_file():
+        snapshot_checkpoint(args.workdir, args.config, args.overrides, train)
     if (args.workdir / "method.json").is_file():
         predictor = maskrcnn.load(args.workdir)
     else:
@@ -78,13 +97,14 @@ def main() -> None:
     if args.train_only:
         return
     meta = json.loads((args.workdir / "method.json").read_text())
-    train_eval = train if not args.train_eval_limit else train.subset([r.image_id for r in train][: args.train_eval_limit])
+    train_eval = train.subset([r.image_id for r in train][:: args.train_eval_every])
     train_preds, _ = timed_predictions(predictor, train_eval)
     val_preds, seconds = timed_predictions(predictor, val)
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit(),
         "config": meta["config"], "overrides": args.overrides,
         "train": {"images": len(train), "steps": meta["steps"], "epochs": meta["epochs"],
+                  "stopped_at_step": meta.get("stopped_at_step"),
                   "seconds": meta.get("train_seconds"), "seconds_this_run": fit_seconds},
         "train_images_scored": len(train_eval),
         "on_train": scores(train_eval, train_preds), "on_val": scores(val, val_preds),
@@ -113,7 +133,9 @@ def markdown(r: dict) -> str:
             lines.append(f"| {label} | {subset} | {_pct(v['mAP']['0.25'])} | {_pct(v['mAP']['0.5'])} | "
                          f"{_pct(v['mAP']['0.7'])} | {_pct(v['mAP']['0.75'])} | {_pct(v['abo'])} | "
                          f"{_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(c['AP75'])} |")
-    lines.append(f"\ntrain {r['train']['seconds'] or 0:.0f} s ({r['train']['steps']} steps), "
+    stopped = r["train"].get("stopped_at_step")
+    steps = f"stopped at step {stopped} of {r['train']['steps']}" if stopped else f"{r['train']['steps']} steps"
+    lines.append(f"\ntrain {r['train']['seconds'] or 0:.0f} s ({steps}), "
                  f"{r['inference_median_s']:.2f} s/image (median, coco-val50), peak RSS {r['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)
 
