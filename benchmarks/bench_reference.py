@@ -66,6 +66,31 @@ def timed_predictions(predictor, records) -> tuple[dict, list[float]]:
     return preds, seconds
 
 
+@torch.no_grad()
+def rpn_recall(predictor, records, thresholds=(0.5, 0.7)) -> dict:
+    """Fraction of the non-crowd ground-truth boxes that one of the RPN's test-time proposals
+    (``rpn_post_nms_top_n_test`` per image) covers with box IoU >= t."""
+    from torchvision.models.detection.transform import resize_boxes
+    from torchvision.ops import box_iou
+
+    from wsis import masks as mask_ops
+    from wsis.detectors.maskrcnn import image_to_tensor
+
+    model, best = predictor.model.eval(), []
+    for record in records:
+        gt = record.gt.select(~record.crowd)
+        if len(gt) == 0:
+            continue
+        x = image_to_tensor(load_image(record.path)).to(predictor.device)
+        images, _ = model.transform([x])
+        proposals, _ = model.rpn(images, model.backbone(images.tensors))
+        boxes = resize_boxes(proposals[0], images.image_sizes[0], tuple(x.shape[-2:]))
+        gt_boxes = torch.from_numpy(mask_ops.to_bbox(gt.rles()).astype("float32"))
+        best.append(box_iou(gt_boxes, boxes).max(dim=1).values)
+    best = torch.cat(best)
+    return {"gt_boxes": len(best), **{f"recall@{t}": float((best >= t).float().mean()) for t in thresholds}}
+
+
 def scores(gt, preds) -> dict:
     return {"all80": evaluate(gt, preds), "voc20": evaluate(gt, preds, subset="voc20")}
 
@@ -100,6 +125,7 @@ def main() -> None:
     train_eval = train.subset([r.image_id for r in train][:: args.train_eval_every])
     train_preds, _ = timed_predictions(predictor, train_eval)
     val_preds, seconds = timed_predictions(predictor, val)
+    recall = {"train": rpn_recall(predictor, train_eval), "val": rpn_recall(predictor, val)}
     result = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit(),
         "config": meta["config"], "overrides": args.overrides,
@@ -107,7 +133,7 @@ def main() -> None:
                   "stopped_at_step": meta.get("stopped_at_step"),
                   "seconds": meta.get("train_seconds"), "seconds_this_run": fit_seconds},
         "train_images_scored": len(train_eval),
-        "on_train": scores(train_eval, train_preds), "on_val": scores(val, val_preds),
+        "on_train": scores(train_eval, train_preds), "on_val": scores(val, val_preds), "rpn_recall": recall,
         "inference_median_s": statistics.median(seconds), "val_images": len(val),
         "peak_rss_mib": peak_rss_mib(),
         "machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(),
@@ -133,6 +159,10 @@ def markdown(r: dict) -> str:
             lines.append(f"| {label} | {subset} | {_pct(v['mAP']['0.25'])} | {_pct(v['mAP']['0.5'])} | "
                          f"{_pct(v['mAP']['0.7'])} | {_pct(v['mAP']['0.75'])} | {_pct(v['abo'])} | "
                          f"{_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(c['AP75'])} |")
+    rec = r["rpn_recall"]
+    lines.append(f"\nRPN recall of the ground-truth boxes (test-time proposals, box IoU >= 0.5 / 0.7): training images "
+                 f"{_pct(rec['train']['recall@0.5'])} / {_pct(rec['train']['recall@0.7'])}, coco-val50 "
+                 f"{_pct(rec['val']['recall@0.5'])} / {_pct(rec['val']['recall@0.7'])}")
     stopped = r["train"].get("stopped_at_step")
     steps = f"stopped at step {stopped} of {r['train']['steps']}" if stopped else f"{r['train']['steps']} steps"
     lines.append(f"\ntrain {r['train']['seconds'] or 0:.0f} s ({steps}), "
