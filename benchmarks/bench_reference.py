@@ -53,7 +53,8 @@ def snapshot_checkpoint(workdir: Path, config: Path, overrides, train: RecordSet
     meta = {**state["config"], "config": to_dict(cfg), "stopped_at_step": int(state["step"])}
     meta.setdefault("category_ids", sorted(train.categories))
     save_checkpoint(workdir / "model.pt", {"model": state["model"]})
-    (workdir / "method.json").write_text(json.dumps(meta, indent=2))
+    with atomic_write(workdir / "method.json") as f:
+        json.dump(meta, f, indent=2)
 
 
 def timed_predictions(predictor, records) -> tuple[dict, list[float]]:
