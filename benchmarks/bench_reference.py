@@ -42,19 +42,18 @@ def training_set(paths=TRAIN_JSONS) -> RecordSet:
     return RecordSet([r for s in sets for r in s.records], dict(sets[0].categories), "+".join(s.name for s in sets))
 
 
-def snapshot_checkpoint(workdir: Path, config: Path, overrides, train: RecordSet) -> None:
+def snapshot_checkpoint(workdir: Path, config: Path, overrides, train: RecordSet, train_seconds: float) -> None:
     """Turn an unfinished run's ``last.pt`` into a loadable model (``model.pt`` + ``method.json``),
-    recording the step it stopped at; the training wall time is the log's last timestamp."""
+    recording the step it stopped at and the training wall time measured outside."""
     from wsis.config import load_config, to_dict
     from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
+    from wsis.methods.trained import MODEL_FILE, save_trained
 
     state = load_checkpoint(workdir / "last.pt")
     cfg = load_config(maskrcnn.MaskRCNNMethodConfig, config, list(overrides))
     meta = {**state["config"], "config": to_dict(cfg), "stopped_at_step": int(state["step"])}
-    meta.setdefault("category_ids", sorted(train.categories))
-    save_checkpoint(workdir / "model.pt", {"model": state["model"]})
-    with atomic_write(workdir / "method.json") as f:
-        json.dump(meta, f, indent=2)
+    save_checkpoint(workdir / MODEL_FILE, {"model": state["model"]})
+    save_trained(workdir, None, meta, time.perf_counter() - train_seconds)
 
 
 def timed_predictions(predictor, records) -> tuple[dict, list[float]]:
@@ -105,8 +104,9 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true", help="train (or resume), evaluate nothing")
     parser.add_argument("--train-eval-every", type=int, default=1,
                         help="score every k-th training image (both folders; the CPU budget's choice)")
-    parser.add_argument("--stopped-at-checkpoint", action="store_true",
-                        help="an unfinished run: score its last checkpoint (the step it reached is reported)")
+    parser.add_argument("--stopped-at-checkpoint", type=float, metavar="TRAIN_SECONDS",
+                        help="an unfinished run: score its last checkpoint (the step it reached is reported), "
+                             "trained for TRAIN_SECONDS of wall time")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -114,7 +114,7 @@ def main() -> None:
     train, val = training_set(), load_dataset(args.val)
     started = time.perf_counter()
     if args.stopped_at_checkpoint and not (args.workdir / "method.json").is_file():
-        snapshot_checkpoint(args.workdir, args.config, args.overrides, train)
+        snapshot_checkpoint(args.workdir, args.config, args.overrides, train, args.stopped_at_checkpoint)
     if (args.workdir / "method.json").is_file():
         predictor = maskrcnn.load(args.workdir)
     else:
