@@ -2,7 +2,7 @@
 masks of the training set (coco128 + coco-train83, 211 images), scored with both protocols on all
 80 classes and the VOC20 subset -- on its own training images (it must fit them before weak/full
 means anything) and on coco-val50 -- with training wall time, inference seconds per image (median,
-coco-val50) and peak resident memory. Writes ``<out>.json`` and ``<out>.md``.
+coco-val50) and peak resident memory. Writes ``<out>.json`` and prints the Markdown table.
 
     python benchmarks/bench_reference.py [--config wsis/configs/maskrcnn_cpu.yaml] [--workdir runs/bench_reference]
         [--train-eval-limit N] [key=value ...]
