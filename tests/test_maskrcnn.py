@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from wsis import masks as mask_ops
-from wsis.detectors.maskrcnn import (AugmentConfig, DetectorConfig, InstanceDataset, LabelMap, build_maskrcnn,
-                                     ground_truth_instances, targets_from_instances)
+from wsis.detectors.maskrcnn import (AugmentConfig, DetectorConfig, InstanceDataset, LabelMap, StageTimer,
+                                     build_maskrcnn, detect, ground_truth_instances, targets_from_instances)
 from wsis.detectors.refine import refine_with_proposals
 from wsis.errors import InputError
 from wsis.engine.schedule import lr_factor
@@ -107,6 +107,60 @@ def test_resnet50_fpn_without_weights_is_a_clear_input_error(tmp_path):
 def test_unknown_backbone_is_an_input_error():
     with pytest.raises(InputError):
         build_maskrcnn(DetectorConfig(backbone="nope"), 2)  # type: ignore[arg-type]
+
+
+def _tiny_cfg(**kw) -> DetectorConfig:
+    return DetectorConfig(pretrained=False, min_size=96, max_size=96, rpn_pre_nms_top_n_test=200,
+                          rpn_post_nms_top_n_test=100, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+                          box_batch_size_per_image=64, **kw)
+
+
+def _one_object_batch():
+    mask = torch.from_numpy(_box(96, 96, 20, 60, 30, 80).astype(np.uint8))[None]
+    target = {"boxes": torch.tensor([[30.0, 20.0, 79.0, 59.0]]), "labels": torch.tensor([1]), "masks": mask}
+    return [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(0))], [target]
+
+
+def test_anchor_sizes_reach_the_rpn_and_need_one_per_level():
+    model = build_maskrcnn(_tiny_cfg(anchor_sizes=[16, 32, 64, 128, 256]), 2)
+    assert model.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
+    with pytest.raises(InputError):
+        build_maskrcnn(_tiny_cfg(anchor_sizes=[16, 32]), 2)
+
+
+def test_frozen_body_gets_no_gradient_and_keeps_parameter_names():
+    torch.manual_seed(0)
+    frozen = build_maskrcnn(_tiny_cfg(train_body=False), 2).train()
+    sum(frozen(*_one_object_batch()).values()).backward()
+    assert all(p.grad is None and not p.requires_grad for p in frozen.backbone.body.parameters())
+    assert all(p.grad is not None for p in frozen.backbone.fpn.parameters())
+    # saved models load into either variant
+    assert list(frozen.state_dict()) == list(build_maskrcnn(_tiny_cfg(), 2).state_dict())
+
+
+def test_detectron_init_starts_the_mask_loss_at_ln2():
+    # mask logits ~ N(0, 0.001 * |features|) are ~0, so the per-pixel BCE is ln 2 whatever the target
+    torch.manual_seed(0)
+    model = build_maskrcnn(_tiny_cfg(predictor_init="detectron"), 2).train()
+    losses = model(*_one_object_batch())
+    assert abs(float(losses["loss_mask"].detach()) - np.log(2)) < 0.01
+    # class scores ~0 too: the classification loss is ln(K + 1) for K = 2 classes
+    assert abs(float(losses["loss_classifier"].detach()) - np.log(3)) < 0.05
+
+
+def test_staged_detect_equals_the_model_forward_and_times_every_stage():
+    torch.manual_seed(0)
+    model = build_maskrcnn(_tiny_cfg(score_threshold=0.0, detections_per_image=20), 2).eval()
+    x = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model([x])[0]
+    timer = StageTimer()
+    got = detect(model, x, timer)
+    assert len(expected["boxes"]) == 20
+    for key in ("boxes", "labels", "scores", "masks"):
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    assert set(timer.wall) == set(StageTimer.STAGES) - {"encode"} and timer.counts["detections"] == 20
+    assert all(v >= 0 for v in timer.cpu.values())
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ an interrupted run resumes exactly. Images keep their size; the model's own tran
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -31,7 +32,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 from torch.utils.data import Dataset
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -61,6 +64,16 @@ class DetectorConfig:
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512
+    # One anchor size per FPN level (P2..P6), aspect ratios 0.5/1/2. torchvision's (32..512) suit
+    # images resized to 800 px; at a 320 px shorter side objects are 2.5x smaller and with these
+    # anchors 23 % of the training objects (those under 16 px) have no anchor of IoU >= 0.5 (see
+    # benchmarks/results/reference.md), so the CPU configs halve them.
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    # False: the backbone body (not the FPN) is frozen and runs without gradients -- ImageNet
+    # features kept as they are, a cheaper step, and a higher learning rate stays stable.
+    train_body: bool = True
+    # "torchvision": its default init of the output layers; "detectron": see init_predictors_detectron.
+    predictor_init: Literal["torchvision", "detectron"] = "torchvision"
 
 
 @dataclass
@@ -142,6 +155,14 @@ class _TimmFPN(nn.Module):
         return self.fpn({str(i): f for i, f in enumerate(self.body(x))})
 
 
+def freeze_without_graph(module: nn.Module) -> None:
+    """Freeze ``module`` and run its forward without building a graph (its activations need not be
+    kept for a backward pass). The forward is wrapped on the instance, so parameter names -- and
+    saved models -- are unchanged."""
+    module.requires_grad_(False)
+    module.forward = torch.no_grad()(module.forward)  # type: ignore[method-assign]
+
+
 BUILDERS: dict[str, Callable[[bool | str], tuple[nn.Module, tuple, tuple]]] = {
     "resnet50_fpn": _resnet50_fpn,
     "lite0_fpn": _lite0_fpn,
@@ -154,7 +175,13 @@ def build_maskrcnn(cfg: DetectorConfig, num_classes: int, pretrained: bool | str
     if cfg.backbone not in BUILDERS:
         raise InputError("config", f"unknown detector backbone {cfg.backbone!r}; choose one of {', '.join(BUILDERS)}")
     backbone, mean, std = BUILDERS[cfg.backbone](cfg.pretrained if pretrained is None else pretrained)
-    return MaskRCNN(backbone, num_classes=num_classes + 1, min_size=cfg.min_size, max_size=cfg.max_size,
+    if len(cfg.anchor_sizes) != 5:
+        raise InputError("config", f"detector.anchor_sizes needs one size per FPN level (5), got {cfg.anchor_sizes}")
+    if not cfg.train_body:
+        freeze_without_graph(backbone.body)
+    anchors = AnchorGenerator(tuple((int(s),) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
+    model = MaskRCNN(backbone, num_classes=num_classes + 1, min_size=cfg.min_size, max_size=cfg.max_size,
+                    rpn_anchor_generator=anchors,
                     image_mean=list(mean), image_std=list(std), box_score_thresh=cfg.score_threshold,
                     box_detections_per_img=cfg.detections_per_image,
                     rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
@@ -162,6 +189,21 @@ def build_maskrcnn(cfg: DetectorConfig, num_classes: int, pretrained: bool | str
                     rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
                     rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
                     box_batch_size_per_image=cfg.box_batch_size_per_image)
+    if cfg.predictor_init == "detectron":
+        init_predictors_detectron(model)
+    return model
+
+
+def init_predictors_detectron(model: MaskRCNN) -> None:
+    """The output layers initialised as in Detectron / Mask R-CNN's reference code: class scores
+    N(0, 0.01), box deltas N(0, 0.001), mask logits N(0, 0.001), biases 0. torchvision's kaiming
+    init of the mask logits (std sqrt(2 / classes)) starts the mask loss at 5-14 on Lite0-FPN
+    features, and its gradient then dominates the clipped gradient norm."""
+    box = model.roi_heads.box_predictor
+    mask_logits = model.roi_heads.mask_predictor.mask_fcn_logits
+    for layer, std in ((box.cls_score, 0.01), (box.bbox_pred, 0.001), (mask_logits, 0.001)):
+        nn.init.normal_(layer.weight, std=std)
+        nn.init.zeros_(layer.bias)
 
 
 # ---------------------------------------------------------------- training data
@@ -266,15 +308,76 @@ def detector_optimizer(model: nn.Module, lr: float, momentum: float, weight_deca
 
 # ---------------------------------------------------------------- prediction
 
+class StageTimer:
+    """Seconds per inference stage, wall clock and this thread's CPU time. CPU time is what a
+    comparison between two models on a shared machine should use: other processes' load stretches
+    wall time (the same network on the same image took 1.5-12 s here depending on the load) but
+    hardly the CPU time of a single-threaded run."""
+
+    STAGES = ("transform", "backbone", "rpn", "box_head", "box_postprocess", "mask_head", "paste", "encode")
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+
+    def lap(self, stage: str) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        self.wall[stage] = self.wall.get(stage, 0.0) + wall - self._wall
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu - self._cpu
+        self._wall, self._cpu = wall, cpu
+
+
+def _lap(timer: StageTimer | None, stage: str) -> None:
+    if timer is not None:
+        timer.lap(stage)
+
+
+@torch.no_grad()
+def detect(model: MaskRCNN, x: torch.Tensor, timer: StageTimer | None = None) -> dict[str, torch.Tensor]:
+    """``model([x])[0]`` in eval mode, stage by stage (what torchvision's GeneralizedRCNN and
+    RoIHeads do at test time, nothing else), so each stage can be timed."""
+    if timer is not None:
+        timer.start()
+    original_size = tuple(x.shape[-2:])
+    images, _ = model.transform([x])
+    _lap(timer, "transform")
+    features = model.backbone(images.tensors)
+    _lap(timer, "backbone")
+    proposals, _ = model.rpn(images, features)
+    _lap(timer, "rpn")
+    heads = model.roi_heads
+    box_features = heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
+    class_logits, box_regression = heads.box_predictor(box_features)
+    _lap(timer, "box_head")
+    boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, images.image_sizes)
+    _lap(timer, "box_postprocess")
+    mask_logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, boxes, images.image_sizes)))
+    mask_probs = maskrcnn_inference(mask_logits, labels)
+    _lap(timer, "mask_head")
+    result = [{"boxes": boxes[0], "labels": labels[0], "scores": scores[0], "masks": mask_probs[0]}]
+    out = model.transform.postprocess(result, images.image_sizes, [original_size])[0]
+    _lap(timer, "paste")
+    if timer is not None:
+        timer.counts["detections"] = timer.counts.get("detections", 0) + len(out["boxes"])
+    return out
+
+
 @torch.no_grad()
 def predict_instances(model: MaskRCNN, image: np.ndarray, labels: LabelMap, device: torch.device,
-                      mask_threshold: float = 0.5) -> Instances:
+                      mask_threshold: float = 0.5, timer: StageTimer | None = None) -> Instances:
     """One image -> Instances at its original resolution (masks = soft masks > ``mask_threshold``)."""
     model.eval()
     h, w = image.shape[:2]
-    out = model([image_to_tensor(image).to(device)])[0]
+    out = detect(model, image_to_tensor(image).to(device), timer)
     masks = (out["masks"][:, 0] > mask_threshold).cpu().numpy()
     keep = masks.any(axis=(1, 2))  # an all-empty mask is no instance
-    return Instances((h, w), boxes=out["boxes"].cpu().numpy()[keep],
-                     labels=labels.to_category_ids(out["labels"].cpu().numpy()[keep]),
-                     scores=out["scores"].cpu().numpy()[keep], masks=mask_ops.encode_many(masks[keep]))
+    found = Instances((h, w), boxes=out["boxes"].cpu().numpy()[keep],
+                      labels=labels.to_category_ids(out["labels"].cpu().numpy()[keep]),
+                      scores=out["scores"].cpu().numpy()[keep], masks=mask_ops.encode_many(masks[keep]))
+    _lap(timer, "encode")
+    return found
