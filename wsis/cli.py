@@ -128,7 +128,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     model = load_trained(args.workdir)
     records = _load(args.data, args)
-    preds = model.predict_records(records, progress=True)
+    if args.workers > 1:
+        from wsis.engine.parallel import predict_parallel
+
+        preds = predict_parallel(model, records, args.workers)
+    else:
+        preds = model.predict_records(records, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(preds, args.out)
     n = sum(len(p) for p in preds.values())
@@ -241,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, type=Path, help="the training workdir")
     _add_dataset_args(p)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, one thread each, images split between them (default 1: this process)")
     p.set_defaults(func=cmd_predict)
     return parser
 

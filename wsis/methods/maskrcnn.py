@@ -32,7 +32,7 @@ from wsis.engine import Trainer, pick_device
 from wsis.errors import InputError
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained
 from wsis.methods.prm import ProposalConfig
-from wsis.proposals.cache import ProposalCache
+from wsis.proposals.cache import proposal_cache
 from wsis.structures import ImageRecord, Instances, RecordSet
 
 
@@ -140,8 +140,7 @@ class DetectorPredictor:
         self.category_ids = labels.category_ids
         self.categories = categories
         self.refine = cfg.refine
-        cache_dir = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else Path(workdir) / "proposals"
-        self.proposal_cache = ProposalCache(cache_dir)
+        self.proposal_cache = proposal_cache(cfg.proposals.cache_dir)
 
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
         image = load_image(record.path) if image is None else image

@@ -63,7 +63,7 @@ from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer, pick_device
 from wsis.engine.checkpoint import save_checkpoint
 from wsis.errors import InputError
-from wsis.methods.prm import PRMMethodConfig, PRMPredictor, _resize_masks_nearest
+from wsis.methods.prm import PRMMethodConfig, PRMPredictor
 from wsis.methods.trained import META_FILE, MODEL_FILE, load_weights, read_trained, trained_categories
 from wsis.retrieval import retrieve
 from wsis.sgpo import SGPOConfig, sgpo_retrieve
@@ -345,7 +345,7 @@ class MSERSGPOPredictor:
         if len(prms) == 0 or len(props) == 0 or props.masks is None:
             return Instances((h, w), masks=[])
         s = prms.shape[-1]
-        small = _resize_masks_nearest(props.mask_array(), s, s)
+        small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
         if self.cfg.scoring == "prm":
             found = retrieve(prms, index, class_maps, small, self.cfg.retrieval)
         else:

@@ -44,7 +44,7 @@ from wsis.pdsl.data import PDSLDataset, ProposalBoxes, collate
 from wsis.pdsl.inference import detect_and_segment
 from wsis.pdsl.model import PDSLNet, build_pdsl
 from wsis.pdsl.seeds import GrabCutCache
-from wsis.proposals.cache import ProposalCache
+from wsis.proposals.cache import ProposalCache, default_cache_root
 from wsis.structures import ImageRecord, Instances, RecordSet
 
 
@@ -74,7 +74,7 @@ def _check(cfg: PDSLMethodConfig, source: str) -> None:
 
 
 def cache_dirs(cfg: PDSLMethodConfig, workdir: Path) -> tuple[Path, Path]:
-    proposals = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
+    proposals = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else default_cache_root()
     grabcut = Path(cfg.grabcut.cache_dir) if cfg.grabcut.cache_dir else workdir / "grabcut"
     return proposals, grabcut
 

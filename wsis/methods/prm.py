@@ -36,7 +36,7 @@ from wsis.engine import Trainer, pick_device
 from wsis.errors import InputError
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
 from wsis.proposals import Proposals
-from wsis.proposals.cache import ProposalCache
+from wsis.proposals.cache import proposal_cache
 from wsis.retrieval import RetrievalConfig, retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -45,7 +45,7 @@ from wsis.structures import ImageRecord, Instances, RecordSet
 class ProposalConfig:
     method: str = "superpixel"
     settings: dict = field(default_factory=dict)
-    cache_dir: str | None = None  # default: <workdir>/proposals
+    cache_dir: str | None = None  # default: the shared cache (wsis.proposals.cache.proposal_cache)
 
 
 @dataclass
@@ -120,8 +120,7 @@ class PRMPredictor:
         self.cfg = cfg
         self.category_ids = category_ids
         self.categories = categories
-        cache_dir = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
-        self.proposal_cache = ProposalCache(cache_dir)
+        self.proposal_cache = proposal_cache(cfg.proposals.cache_dir)
 
     # -- stages ------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> torch.Tensor:
@@ -130,13 +129,18 @@ class PRMPredictor:
         return self.model.backbone.normalize(x[None]).to(self.device)
 
     def peak_responses(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Peaks' classes (K,), their PRMs (K, S, S) and the class maps (C, S, S) of one image."""
+        """Peaks' classes (K,), their PRMs (K, S, S) and the class maps (C, S, S) of one image;
+        only the maps of the peaks' classes are computed (retrieval reads no other), the rest are 0."""
         batched = self.cfg.peak_backprop == "batched" or (
             self.cfg.peak_backprop == "auto" and self.device.type == "cuda")
         peaks, prms, crm = peak_response_maps(self.model, x, select=self._select_peaks, batched=batched)
-        size = x.shape[-2:]
-        class_maps = F.interpolate(crm[None], size=size, mode="bicubic", align_corners=False)[0]
-        return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy()
+        size = tuple(x.shape[-2:])
+        used = torch.unique(peaks[:, 1])
+        class_maps = np.zeros((len(crm),) + size, np.float32)
+        if len(used):
+            up = F.interpolate(crm[used][None], size=size, mode="bicubic", align_corners=False)[0]
+            class_maps[used.cpu().numpy()] = up.cpu().numpy()
+        return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps
 
     @torch.no_grad()
     def _select_peaks(self, crm: torch.Tensor) -> torch.Tensor:
@@ -163,9 +167,8 @@ class PRMPredictor:
         props = self.proposals(record)
         if len(classes) == 0 or len(props) == 0 or props.masks is None:
             return Instances((h, w), masks=[])
-        masks = props.mask_array()
         s = x.shape[-1]
-        small = _resize_masks_nearest(masks, s, s)
+        small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
         found = retrieve(prms, classes, class_maps, small, self.cfg.retrieval)
         chosen = [props.masks[i] for i in found.proposal_index]
         labels = np.asarray(self.category_ids)[found.peak_classes] if len(chosen) else np.zeros(0, np.int64)

@@ -35,7 +35,7 @@ from wsis.methods import prm as prm_method
 from wsis.methods.maskrcnn import (DetectorPredictor, MaskRCNNMethodConfig, load_detector, train_detector)
 from wsis.methods.prm import PRMMethodConfig
 from wsis.methods.trained import META_FILE
-from wsis.proposals.cache import ProposalCache
+from wsis.proposals.cache import proposal_cache
 from wsis.pseudo_labels import PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances, write_pseudo_labels
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -74,8 +74,7 @@ def fit_prm_stage(records: RecordSet, cfg: WiseMethodConfig, workdir: Path):
 
 
 def pseudo_labeler(predictor, cfg: WiseMethodConfig, workdir: Path) -> PseudoLabeler:
-    cache = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
-    return PseudoLabeler(predictor, cfg.proposals.method, cfg.proposals.settings, ProposalCache(cache),
+    return PseudoLabeler(predictor, cfg.proposals.method, cfg.proposals.settings, proposal_cache(cfg.proposals.cache_dir),
                          cfg.pseudo, workdir / PSEUDO_DIR)
 
 
