@@ -158,8 +158,9 @@ def measure(method: str, workdir: Path, images: int, threads: int) -> dict:
     from wsis.proposals.cache import ProposalCache
 
     predictor = load_trained(workdir)
-    if method in ("prm", "mser_sgpo"):
-        predictor.cfg.prm.class_threshold = CLASS_THRESHOLD
+    if method in ("prm", "mser_sgpo"):  # the section is "classifier" since the package refactor
+        section = getattr(predictor.cfg, "classifier", None) or predictor.cfg.prm
+        section.class_threshold = CLASS_THRESHOLD
     records = val_records(images)
     clock = StageClock()
     instrument(predictor, method, clock)

@@ -8,11 +8,11 @@ import torch
 
 from wsis import masks as mask_ops
 from wsis.engine.parallel import predict_parallel
-from wsis.methods.prm import _resize_masks_nearest
 from wsis.proposals import Proposals
-from wsis.proposals.cache import ProposalCache, default_cache_root, proposal_cache
+from wsis.proposals.cache import ProposalCache, default_cache_root
+from wsis.proposals.config import ProposalConfig
 from wsis.proposals.precomputed import read_npz, write_npz
-from wsis.retrieval import _chunked_products
+from wsis.proposals.retrieval import chunked_products
 
 
 def _blobs(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +34,7 @@ def test_decode_resized_equals_decode_then_resize(size, out):
     rles = mask_ops.encode_many(masks)
     got = mask_ops.decode_resized(rles, size, *out)
     assert got.shape == (70,) + out and got.dtype == bool
-    np.testing.assert_array_equal(got, _resize_masks_nearest(masks, *out))
+    np.testing.assert_array_equal(got, mask_ops.resize_nearest(masks, *out))
     assert mask_ops.decode_resized([], size, *out).shape == (0,) + out
 
 
@@ -50,10 +50,10 @@ def test_chunked_products_against_float64_sums():
     masks = rng.random((150, 30, 20)) < 0.3  # 150 masks: three chunks, the last one partial
     maps = rng.random((3, 30, 20)).astype(np.float32)
     want = np.einsum("khw,phw->kp", maps.astype(np.float64), masks.astype(np.float64))
-    got = _chunked_products(maps, masks)
+    got = chunked_products(maps, masks)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     # by hand: a map of ones counts the mask's pixels
-    np.testing.assert_allclose(_chunked_products(np.ones((1, 30, 20), np.float32), masks)[0], masks.sum(axis=(1, 2)))
+    np.testing.assert_allclose(chunked_products(np.ones((1, 30, 20), np.float32), masks)[0], masks.sum(axis=(1, 2)))
 
 
 def test_npz_round_trip_keeps_masks_and_reads_the_old_layout(tmp_path):
@@ -72,8 +72,8 @@ def test_npz_round_trip_keeps_masks_and_reads_the_old_layout(tmp_path):
 def test_shared_cache_location(monkeypatch, tmp_path):
     monkeypatch.setenv("WSIS_CACHE", str(tmp_path / "c"))
     assert default_cache_root() == tmp_path / "c" / "proposals"
-    assert proposal_cache(None).root == tmp_path / "c" / "proposals"
-    assert proposal_cache(tmp_path / "mine").root == tmp_path / "mine"
+    assert ProposalConfig().cache(tmp_path / "run").root == tmp_path / "c" / "proposals"
+    assert ProposalConfig(cache_dir=str(tmp_path / "mine")).cache(tmp_path / "run").root == tmp_path / "mine"
     monkeypatch.delenv("WSIS_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_root() == tmp_path / "xdg" / "wsis" / "proposals"
@@ -131,7 +131,7 @@ def test_prm_class_maps_are_computed_for_the_peaks_classes_only(tmp_path):
     model = _random_model(3)
     model.backbone.normalize = lambda x: x
     cfg = PRMMethodConfig(device="cpu", max_peaks_per_class=2)
-    cfg.prm.class_threshold = -1e9  # every class may have peaks; the selection keeps 2 a class
+    cfg.classifier.class_threshold = -1e9  # every class may have peaks; the selection keeps 2 a class
     predictor = PRMPredictor(model, cfg, [10, 20, 30], {10: "a", 20: "b", 30: "c"}, tmp_path)
     x = torch.rand(1, 3, 32, 32)
     classes, prms, maps = predictor.peak_responses(x)

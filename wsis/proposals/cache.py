@@ -9,9 +9,10 @@ atomically, so a killed run leaves only complete entries and a rerun resumes. A 
 read (truncated, foreign) is recomputed, not an error.
 
 Because the key says everything the proposals depend on, one cache serves every method and every
-run: :func:`proposal_cache` gives the shared one (``$WSIS_CACHE/proposals``, else
-``$XDG_CACHE_HOME/wsis/proposals``, else ``~/.cache/wsis/proposals``) unless a config names a folder,
-so an image's proposals are computed once, whichever method or run asks first.
+run: :func:`default_cache_root` is the shared one (``$WSIS_CACHE/proposals``, else
+``$XDG_CACHE_HOME/wsis/proposals``, else ``~/.cache/wsis/proposals``), which every method uses unless
+its config names a folder (``proposals.cache_dir``), so an image's proposals are computed once,
+whichever method or run asks first.
 """
 from __future__ import annotations
 
@@ -91,11 +92,6 @@ def default_cache_root() -> Path:
         return Path(os.environ["WSIS_CACHE"]) / "proposals"
     base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
     return base / "wsis" / "proposals"
-
-
-def proposal_cache(cache_dir: str | Path | None = None) -> "ProposalCache":
-    """The cache in ``cache_dir`` (a config's ``proposals.cache_dir``), or the shared one when None."""
-    return ProposalCache(Path(cache_dir) if cache_dir else default_cache_root())
 
 
 class ProposalCache:
