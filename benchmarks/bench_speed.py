@@ -195,6 +195,39 @@ def measure(method: str, workdir: Path, images: int, threads: int) -> dict:
             "torch": torch.__version__, "tree": str(Path(importlib.import_module("wsis").__file__).parents[1])}
 
 
+def parallel(method: str, workdir: Path, images: int) -> dict:
+    """Images/s of ``predict_records`` on this tree: one process with one thread, one process
+    with two threads, two worker processes with one thread each; the proposal cache is filled
+    first, so that all three do the same work. Also checks that the three predict the same."""
+    import numpy as np
+    import torch
+
+    from wsis.methods import load_trained
+
+    predictor = load_trained(workdir)
+    if method in ("prm", "mser_sgpo"):
+        section = getattr(predictor.cfg, "classifier", None) or predictor.cfg.prm
+        section.class_threshold = CLASS_THRESHOLD
+    cache_root = Path(tempfile.mkdtemp(prefix="bench_speed_parallel_"))
+    for cache in proposal_caches(predictor):
+        cache.root = cache_root
+    records = val_records(images)
+    for record in records:
+        predictor.proposals(record)
+    out, preds = {}, {}
+    for label, threads, workers in (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 2, 1),
+                                    ("2 workers, 1 thread each", 1, 2)):
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        preds[label] = predictor.predict_records(records, progress=False, workers=workers)
+        out[label] = len(records) / (time.perf_counter() - start)
+    first = next(iter(preds.values()))
+    same = all(len(p[i]) == len(first[i]) and np.allclose(p[i].scores, first[i].scores, rtol=1e-4)
+               for p in preds.values() for i in first)
+    return {"method": method, "images": len(records), "images_per_s": out, "same_predictions": same,
+            "load_average": os.getloadavg()}
+
+
 def train(method: str, workdir: Path) -> None:
     import torch
 
@@ -262,7 +295,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/speed")
     parser.add_argument("--measure", choices=METHODS)
     parser.add_argument("--train", choices=METHODS)
+    parser.add_argument("--parallel", choices=METHODS, help="images/s with 1 or 2 threads / processes (this tree)")
     args = parser.parse_args()
+    if args.parallel:
+        result = parallel(args.parallel, args.runs / args.parallel, args.images)
+        print(json.dumps(result))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        path = args.out.parent / f"{args.out.name}_parallel_{args.parallel}.json"
+        path.write_text(json.dumps({"command": "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:]),
+                                    "commit": commit(), **result}, indent=1))
+        return
     if args.measure:
         print(json.dumps(measure(args.measure, args.runs / args.measure, args.images, args.threads)))
         return

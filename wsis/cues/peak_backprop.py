@@ -16,7 +16,14 @@ normalisation; a map that is zero everywhere stays zero instead of becoming NaN)
 The rule is linear in the output gradient, so all the peaks of an image are one batched backward
 pass: ``torch.autograd.grad(..., is_grads_batched=True)`` vmaps the backward graph over the K one-hot
 gradients (the custom Functions below are vmap-compatible). ``batched=False`` runs the reference's
-one-backward-per-peak loop.
+one-backward-per-peak loop, the fastest on a CPU (``benchmarks/bench_peak_backprop.py``: 8 peaks at
+448 px, one thread: loop 12.1 s, all 8 vmapped 19.0 s, chunks of 2 / 4 peaks 14.5 / 13.8 s, the
+image repeated per peak 56.9 s, all equal maps; channels-last was slower too, 7.9 s vs 4.8 s for
+3 peaks): the batched backward is memory-bound there. The loop builds its graph from lazy
+Functions (:class:`_LazyPeakConv2d`), whose forward is the plain conv and which compute the rule's
+factors ``x'`` and ``1 / Z`` in the first backward pass and keep them for the next peaks: the
+forward pass costs one conv per layer instead of two, and an image without peaks never pays for
+the factors (same maps, tested).
 """
 from __future__ import annotations
 
