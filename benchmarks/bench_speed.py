@@ -14,8 +14,10 @@ with a cold proposal cache, and times every image by stage:
 * post-processing     -- the rest of ``predict`` (retrieval, NMS, mask pasting, encoding);
 
 then a second proposal pass over the same images (the cache now warm). Table cells are medians
-over the images; peak RSS is the prediction process's (the model was trained elsewhere). The trees
-alternate per method (baseline first for half of them) so that a change of machine load hits both.
+over the images; peak RSS is the prediction process's (the model was trained elsewhere). Both trees
+run at the same time, one process and one thread each, so that load from other jobs on a shared
+machine hits both alike (run one after the other, a test suite started meanwhile made one tree's
+Mask R-CNN look 3x slower).
 
     python benchmarks/bench_speed.py --baseline ../wt-speed-base [--methods prm,mser_sgpo] [--images 20]
 
@@ -86,7 +88,7 @@ class StageClock:
         def timed(*args, **kwargs):
             with self.stage(name):
                 return fn(*args, **kwargs)
-        timed.__wrapped__ = fn  # type: ignore[attr-defined]
+        timed._bench_timed = True  # type: ignore[attr-defined]
         return timed
 
 
@@ -98,7 +100,7 @@ def patch_everywhere(attr: str, clock: StageClock, stage: str) -> int:
     count = 0
     for m in mods:
         fn = getattr(m, attr, None)
-        if callable(fn) and id(fn) in originals and not hasattr(fn, "__wrapped__"):
+        if callable(fn) and id(fn) in originals and not getattr(fn, "_bench_timed", False):
             wrapped.setdefault(id(fn), clock.wrap(stage, fn))
             setattr(m, attr, wrapped[id(fn)])
             count += 1
@@ -245,13 +247,31 @@ def train(method: str, workdir: Path) -> None:
 
 # -- driver -----------------------------------------------------------------------------------
 
+def _tree_env(tree: Path) -> dict:
+    return dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+
 def run_tree(tree: Path, args: list[str]) -> str:
-    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], env=env, cwd=tree,
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], env=_tree_env(tree), cwd=tree,
                          capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{tree} {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return out.stdout
+
+
+def run_trees_together(trees: dict[str, Path], args: list[str]) -> dict[str, str]:
+    """The same worker in every tree at the same time (one thread each): on a machine shared with
+    other jobs, load that comes and goes then hits both measurements alike."""
+    procs = {name: subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], env=_tree_env(tree),
+                                    cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, tree in trees.items()}
+    outs = {}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{trees[name]} {' '.join(args)} failed:\n{stderr[-3000:]}")
+        outs[name] = stdout
+    return outs
 
 
 def fmt(x: float | None) -> str:
@@ -321,13 +341,13 @@ def main() -> None:
         if not (workdir / "method.json").is_file():
             print(f"training a tiny {method} model in {workdir} ...", flush=True)
             run_tree(trees["baseline"], ["--train", method, "--runs", str(args.runs.resolve())])
-        order = ["baseline", "new"] if i % 2 == 0 else ["new", "baseline"]
-        results[method] = {}
-        for which in order:
-            out = run_tree(trees[which], ["--measure", method, "--runs", str(args.runs.resolve()),
+        outs = run_trees_together(trees, ["--measure", method, "--runs", str(args.runs.resolve()),
                                           "--images", str(args.images), "--threads", str(args.threads)])
-            results[method][which] = json.loads(out.strip().splitlines()[-1])
+        results[method] = {which: json.loads(out.strip().splitlines()[-1]) for which, out in outs.items()}
+        for which in trees:
             print(f"{method} {which}: {results[method][which]['median_s']['total']:.3f} s/img", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".partial.json").write_text(json.dumps(results, indent=1))
     command = "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:])
     md = table(results, "main (baseline)", "this tree")
     print(md)
