@@ -292,7 +292,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     records = _prediction_images(args)
     to_data, names = _output_classes(meta, records, _has_class_list(args.data, args), args.data)
     model = load_trained(args.workdir, args.overrides)  # the heavy part starts here
-    preds = {i: _relabel(p, to_data) for i, p in model.predict_records(records, progress=True, workers=args.workers).items()}
+    parallel = {"workers": args.workers} if args.workers > 1 else {}  # predictors without the option still work
+    preds = {i: _relabel(p, to_data) for i, p in model.predict_records(records, progress=True, **parallel).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(preds, args.out, categories=names)
     n = sum(len(p) for p in preds.values())
