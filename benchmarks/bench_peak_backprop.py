@@ -26,10 +26,12 @@ from wsis.backbones import create_backbone
 from wsis.cues.peak_backprop import peak_response_maps, stacked_peak_response_maps
 from wsis.cues.prm import PRMNet
 
-MODES = {  # label -> peak_response_maps keyword arguments
+MODES = {  # label -> peak_response_maps keyword arguments (chunk: all peaks unless given)
     "loop (reference: 1 backward / peak)": dict(batched=False),
     "batched, vmap over one-hot grads": dict(batched=True, batch_mode="vmap"),
     "batched, image repeated per peak": dict(batched=True, batch_mode="expand"),
+    "vmap, chunks of 2 peaks": dict(batched=True, batch_mode="vmap", chunk=2),
+    "vmap, chunks of 4 peaks": dict(batched=True, batch_mode="vmap", chunk=4),
 }
 
 
@@ -51,7 +53,7 @@ def time_modes(model: PRMNet, image: torch.Tensor, peaks: torch.Tensor, modes: l
                repeats: int) -> tuple[list[float], list[torch.Tensor]]:
     """Median seconds and maps per mode (see :func:`time_runs`)."""
     def run(kwargs: dict) -> torch.Tensor:
-        _, prms, _ = peak_response_maps(model, image, peaks, chunk=len(peaks), **kwargs)
+        _, prms, _ = peak_response_maps(model, image, peaks, **{"chunk": len(peaks), **kwargs})
         return prms
 
     return time_runs(run, modes, repeats, image.is_cuda)

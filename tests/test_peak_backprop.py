@@ -31,7 +31,8 @@ def _rule_by_hand(x: np.ndarray, w: np.ndarray, g: np.ndarray, pad: int) -> tupl
     return back[:, pad:pad + x.shape[1], pad:pad + x.shape[2]] * xs, z
 
 
-def test_conv_backward_matches_rule_by_hand():
+@pytest.mark.parametrize("lazy", [False, True])
+def test_conv_backward_matches_rule_by_hand(lazy):
     rng = np.random.default_rng(0)
     conv = nn.Conv2d(2, 2, kernel_size=2, padding=1, bias=True, dtype=torch.float64)
     w = rng.normal(size=(2, 2, 2, 2))  # mixed signs: only the positive part may count
@@ -46,10 +47,12 @@ def test_conv_backward_matches_rule_by_hand():
     assert (z[:, 0, 0] == 0).all() and (z > 0).sum() > 20  # the zero-normaliser branch is exercised
 
     xt = torch.tensor(x[None], dtype=torch.float64, requires_grad=True)
-    with peak_backprop(conv):
+    with peak_backprop(conv, lazy=lazy):
         out = conv(xt)
-        got, = torch.autograd.grad(out, xt, torch.tensor(g[None]))
+        other, = torch.autograd.grad(out, xt, torch.ones_like(out), retain_graph=True)
+        got, = torch.autograd.grad(out, xt, torch.tensor(g[None]))  # lazy: the factors of the first pass
     np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(other[0].numpy(), _rule_by_hand(x, w, np.ones_like(g), pad=1)[0], rtol=1e-10, atol=1e-12)
     # the forward value is the ordinary conv, bias included
     torch.testing.assert_close(out, nn.functional.conv2d(xt, conv.weight, conv.bias, padding=1))
 

@@ -298,7 +298,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         write_semantic_maps(model, records, args.semantic)
         print(f"semantic maps of {len(records)} images -> {args.semantic}")
-    preds = {i: _relabel(p, to_data) for i, p in model.predict_records(records, progress=True).items()}
+    parallel = {"workers": args.workers} if args.workers > 1 else {}  # predictors without the option still work
+    preds = {i: _relabel(p, to_data) for i, p in model.predict_records(records, progress=True, **parallel).items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_coco_results(preds, args.out, categories=names)
     n = sum(len(p) for p in preds.values())
@@ -458,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--semantic", type=Path, help="dasnet: also a VOC-palette PNG per image and semantic.json here")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, one thread each, images split between them (default 1: this process)")
     _add_selection_args(p)
     p.add_argument("overrides", nargs="*",
                    help="inference settings key=value (e.g. classifier.class_threshold=-1, proposals.settings.max_side=320); "

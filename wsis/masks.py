@@ -60,6 +60,30 @@ def decode_many(rles: Sequence[RLE], size: tuple[int, int] | None = None) -> np.
     return mask_utils.decode([_for_coco(r) for r in rles]).transpose(2, 0, 1).astype(bool)
 
 
+def decode_resized(rles: Sequence[RLE], size: tuple[int, int], height: int, width: int,
+                   chunk: int = 64) -> np.ndarray:
+    """RLEs of ``size`` (h, w) -> (N, height, width) bool, each mask resized as OpenCV's
+    INTER_NEAREST_EXACT does (equal to decoding, then ``cv2.resize`` of each mask; tested).
+
+    pycocotools decodes into a column-major (h, w, N) block, i.e. N transposed masks (w, h) in
+    memory: each is resized in that orientation (nearest neighbour works per axis, so this is the
+    transpose of resizing the mask) and transposed back by OpenCV, ``chunk`` masks at a time,
+    without the full-resolution bool copy a plain decode makes."""
+    import cv2
+
+    out = np.empty((len(rles), height, width), dtype=bool)
+    if len(rles) == 0:
+        return out
+    target = out.view(np.uint8)
+    for start in range(0, len(rles), chunk):
+        block = mask_utils.decode([_for_coco(r) for r in rles[start:start + chunk]])  # (h, w, n)
+        by_column = np.ascontiguousarray(block.transpose(2, 1, 0))  # (n, w, h): a view when Fortran
+        for i, m in enumerate(by_column):
+            small = cv2.resize(m, (height, width), interpolation=cv2.INTER_NEAREST_EXACT)  # (width, height)
+            cv2.transpose(small, dst=target[start + i])
+    return out
+
+
 def area(rles: Sequence[RLE]) -> np.ndarray:
     """Pixel counts (N,) float64."""
     if len(rles) == 0:

@@ -16,7 +16,14 @@ normalisation; a map that is zero everywhere stays zero instead of becoming NaN)
 The rule is linear in the output gradient, so all the peaks of an image are one batched backward
 pass: ``torch.autograd.grad(..., is_grads_batched=True)`` vmaps the backward graph over the K one-hot
 gradients (the custom Functions below are vmap-compatible). ``batched=False`` runs the reference's
-one-backward-per-peak loop.
+one-backward-per-peak loop, the fastest on a CPU (``benchmarks/bench_peak_backprop.py``: 8 peaks at
+448 px, one thread: loop 12.1 s, all 8 vmapped 19.0 s, chunks of 2 / 4 peaks 14.5 / 13.8 s, the
+image repeated per peak 56.9 s, all equal maps; channels-last was slower too, 7.9 s vs 4.8 s for
+3 peaks): the batched backward is memory-bound there. The loop builds its graph from lazy
+Functions (:class:`_LazyPeakConv2d`), whose forward is the plain conv and which compute the rule's
+factors ``x'`` and ``1 / Z`` in the first backward pass and keep them for the next peaks: the
+forward pass costs one conv per layer instead of two, and an image without peaks never pays for
+the factors (same maps, tested).
 """
 from __future__ import annotations
 
@@ -183,12 +190,68 @@ class _PiecewiseLinear(torch.autograd.Function):
         return grad * slope, None, None
 
 
+class _LazyPeakConv2d(torch.autograd.Function):
+    """:class:`_PeakConv2d` for the per-peak loop (plain autograd, no vmap): the forward is the
+    conv alone and saves its input; the rule's factors ``x'`` and ``1 / Z`` are computed by the
+    first backward pass and kept for the next peaks. An image without peaks never pays for them,
+    and the forward pass is one conv per layer instead of two."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pos_weight, pads, stride, dilation, groups):
+        ctx.save_for_backward(x, pos_weight)
+        ctx.conf = (pads, stride, dilation, groups)
+        ctx.factors = None
+        return F.conv2d(F.pad(x, pads), weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, pos_weight = ctx.saved_tensors
+        (left, right, top, bottom), stride, dilation, groups = ctx.conf
+        if ctx.factors is None:
+            shifted = x - x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
+            norm = F.conv2d(F.pad(shifted, (left, right, top, bottom)), pos_weight, None, stride, 0, dilation, groups)
+            ctx.factors = shifted, torch.where(norm < EPS, 0.0, 1.0 / (norm.abs() + EPS))
+        shifted, inv_norm = ctx.factors
+        h, w = x.shape[-2:]
+        in_shape = (x.shape[0], x.shape[1], h + top + bottom, w + left + right)
+        g = torch.nn.grad.conv2d_input(in_shape, pos_weight, grad * inv_norm, stride, 0, dilation, groups)
+        if top or bottom or left or right:
+            g = g[..., top:top + h, left:left + w]
+        return g * shifted, None, None, None, None, None, None, None
+
+
+class _LazyPiecewiseLinear(torch.autograd.Function):
+    """:class:`_PiecewiseLinear` for the per-peak loop: the 0/1 slope is computed by the first
+    backward pass from the saved input, and kept."""
+
+    @staticmethod
+    def forward(ctx, x, top: float):
+        ctx.save_for_backward(x)
+        ctx.top = top
+        ctx.slope = None
+        return x.clamp(0.0, top)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.slope is None:
+            x, = ctx.saved_tensors
+            ctx.slope = ((x > 0) & (x < ctx.top)).to(x.dtype)
+        return grad * ctx.slope, None
+
+
+# Loop mode (one plain backward per peak) builds the graph from the lazy Functions above; the
+# batched modes need the vmap-compatible ones. Set by :func:`peak_backprop`.
+_LAZY = False
+
+
 def _activation(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(act, nn.Identity):
         return x
     if isinstance(act, (nn.ReLU, nn.ReLU6)):
+        top = 6.0 if isinstance(act, nn.ReLU6) else float("inf")
+        if _LAZY:
+            return _LazyPiecewiseLinear.apply(x, top)
         with torch.no_grad():
-            top = 6.0 if isinstance(act, nn.ReLU6) else float("inf")
             value = x.clamp(0.0, top)
             slope = ((x > 0) & (x < top)).to(x.dtype)
         return _PiecewiseLinear.apply(x, value, slope)
@@ -218,6 +281,10 @@ def _fast_peak_conv_forward(conv: nn.Conv2d, twin: nn.Conv2d, x: torch.Tensor) -
         # relu(W) of the weight in use: under functional_call (stacked networks) that is not the
         # weight the twin copied on entry
         pos_weight = twin.weight if conv.weight is twin.source_weight else conv.weight.detach().clamp(min=0)
+    if _LAZY:
+        return _LazyPeakConv2d.apply(x, conv.weight, conv.bias, pos_weight, pads, tuple(conv.stride),
+                                     tuple(conv.dilation), conv.groups)
+    with torch.no_grad():
         shifted = x - x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
         norm = F.conv2d(F.pad(shifted, pads), pos_weight, None, conv.stride, 0, conv.dilation, conv.groups)
         inv_norm = torch.where(norm < EPS, 0.0, 1.0 / (norm.abs() + EPS))
@@ -246,12 +313,16 @@ def _affine_batchnorm_applies(bn: nn.Module) -> bool:
 
 
 @contextmanager
-def peak_backprop(model: nn.Module) -> Iterator[nn.Module]:
+def peak_backprop(model: nn.Module, lazy: bool = False) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode and give every Conv2d the peak-backprop backward rule; restore
-    both on exit. Conv weights are read on entry (the rule is for inference only)."""
+    both on exit. Conv weights are read on entry (the rule is for inference only). ``lazy``: the
+    graph is for plain (not vmapped) backward passes, which then compute the rule's factors on
+    first use (:class:`_LazyPeakConv2d`)."""
+    global _LAZY
     was_training = model.training
     model.eval()
     patched: list[tuple[nn.Module, object]] = []
+    previous_lazy, _LAZY = _LAZY, lazy
     try:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
@@ -269,6 +340,7 @@ def peak_backprop(model: nn.Module) -> Iterator[nn.Module]:
             else:
                 module.forward = previous
         model.train(was_training)
+        _LAZY = previous_lazy
 
 
 def normalise_prms(grads: torch.Tensor) -> torch.Tensor:
@@ -352,7 +424,7 @@ def peak_response_maps(model: PRMNet, image: torch.Tensor, peaks: torch.Tensor |
         raise ValueError(f"peak_response_maps takes one image (1, 3, H, W), got {tuple(image.shape)}")
     if batch_mode not in ("vmap", "expand"):
         raise ValueError(f"batch_mode must be 'vmap' or 'expand', got {batch_mode!r}")
-    with peak_backprop(model):
+    with peak_backprop(model, lazy=not batched):
         image = image.detach()
         vjp_fn = None
         if batched and batch_mode == "vmap":

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
 from wsis.engine import pick_device
 from wsis.errors import warn
@@ -54,7 +53,7 @@ class Predictor:
     """A trained method on one device: ``predict(record) -> Instances`` (subclasses) and
     ``predict_records``. ``cfg`` is the method's config; its ``proposals`` section (a
     :class:`~wsis.proposals.config.ProposalConfig`) names the proposals and their cache, by default
-    ``<workdir>/proposals``."""
+    the one every method and run shares (:func:`~wsis.proposals.cache.default_cache_root`)."""
 
     method: ClassVar[str] = ""
     config_class: ClassVar[type]
@@ -81,12 +80,14 @@ class Predictor:
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
         raise NotImplementedError
 
-    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
-                        ) -> dict[int, Instances]:
-        """``predict`` of every record; when nothing is found anywhere, one warning line says why
-        (:meth:`why_empty`)."""
-        out = {r.image_id: self.predict(r)
-               for r in tqdm(list(records), desc=f"predict {self.method}", disable=not progress, unit="img")}
+    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True,
+                        workers: int = 1) -> dict[int, Instances]:
+        """``predict`` of every record, in the records' order; ``workers > 1`` splits the images
+        over that many processes of one thread each (:mod:`wsis.engine.parallel`; same results).
+        When nothing is found anywhere, one warning line says why (:meth:`why_empty`)."""
+        from wsis.engine.parallel import predict_parallel
+
+        out = predict_parallel(self, list(records), workers, progress=progress, desc=f"predict {self.method}")
         if out and not any(len(p) for p in out.values()):
             warn(f"no instance on any of the {len(out)} image(s): {self.why_empty(list(out))}")
         return out

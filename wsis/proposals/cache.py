@@ -3,14 +3,23 @@
 The key is the sha1 of the image file's bytes -- so a renamed or copied image hits the cache and an
 edited one misses -- plus the method name and its settings as stable JSON (sorted keys), so a change
 of any setting recomputes. Files live at ``root/<method>/<image sha1[:2]>/<image sha1>-<settings
-sha1[:12]>.npz`` and are written atomically, so a killed run leaves only complete entries and a
-rerun resumes. A file that cannot be read (truncated, foreign) is recomputed, not an error.
+sha1[:12]>.v2.npz`` (v2: the ``rle_ascii`` layout of :func:`~wsis.proposals.precomputed.write_npz`;
+older entries are not read, so two versions of wsis never read each other's files) and are written
+atomically, so a killed run leaves only complete entries and a rerun resumes. A file that cannot be
+read (truncated, foreign) is recomputed, not an error.
+
+Because the key says everything the proposals depend on, one cache serves every method and every
+run: :func:`default_cache_root` is the shared one (``$WSIS_CACHE/proposals``, else
+``$XDG_CACHE_HOME/wsis/proposals``, else ``~/.cache/wsis/proposals``), which every method uses unless
+its config names a folder (``proposals.cache_dir``), so an image's proposals are computed once,
+whichever method or run asks first.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -74,6 +83,17 @@ def settings_key(method: str, settings: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+CACHE_FORMAT = "v2"
+
+
+def default_cache_root() -> Path:
+    """The shared cache folder (module docstring)."""
+    if os.environ.get("WSIS_CACHE"):
+        return Path(os.environ["WSIS_CACHE"]) / "proposals"
+    base = Path(os.environ["XDG_CACHE_HOME"]) if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "wsis" / "proposals"
+
+
 class ProposalCache:
     """Proposals of images by content, method and settings, stored under ``root``."""
 
@@ -84,7 +104,7 @@ class ProposalCache:
         """Where the proposals of this image, method and settings are (or will be) stored."""
         image_key = file_sha1(image_path)
         safe_method = "".join(c if c.isalnum() or c in "-_" else "_" for c in method)
-        name = f"{image_key}-{settings_key(method, settings)[:12]}.npz"
+        name = f"{image_key}-{settings_key(method, settings)[:12]}.{CACHE_FORMAT}.npz"
         return self.root / safe_method / image_key[:2] / name
 
     def load(self, entry: Path) -> Proposals | None:

@@ -6,18 +6,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsis.proposals import Proposals
-from wsis.proposals.cache import ProposalCache
+from wsis.proposals.cache import ProposalCache, default_cache_root
 
 
 @dataclass
 class ProposalConfig:
     method: str = "superpixel"
     settings: dict = field(default_factory=dict)
-    cache_dir: str | None = None  # default: <workdir>/proposals
+    cache_dir: str | None = None  # default: the cache every method and run shares
 
     def cache_path(self, workdir: str | Path) -> Path:
-        """The cache folder: ``cache_dir`` when given, else ``<workdir>/proposals``."""
-        return Path(self.cache_dir) if self.cache_dir else Path(workdir) / "proposals"
+        """The cache folder: ``cache_dir`` when given, else the shared one
+        (:func:`~wsis.proposals.cache.default_cache_root`): entries are keyed by image content,
+        generator and settings, so methods and runs reuse each other's proposals. ``workdir`` is
+        not used for the default (kept for the callers' signature)."""
+        return Path(self.cache_dir) if self.cache_dir else default_cache_root()
 
     def cache(self, workdir: str | Path) -> ProposalCache:
         return ProposalCache(self.cache_path(workdir))

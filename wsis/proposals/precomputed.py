@@ -17,7 +17,10 @@ Formats (every reader raises :class:`InputError` naming the file when it does no
 * **wsis ``.npz``** (ours, also the cache format): ``boxes`` (N, 4) float xyxy pixel-edge;
   ``scores`` (N,) float, higher is better; ``image_size`` (2,) int [height, width]; optionally
   masks, either ``rle_counts`` (N,) str -- the compressed COCO RLE ``counts`` strings of masks of
-  size ``image_size`` -- or ``masks`` (N, H, W) bool/uint8.
+  size ``image_size`` --, the same strings as ``rle_ascii`` (uint8, all strings' ASCII bytes one
+  after the other) with ``rle_lengths`` (N,) int (what :func:`write_npz` writes: a (N,) str array
+  is stored as UTF-32 padded to the longest string, ~10x larger, and reading a cached image's
+  proposals spent most of its time decompressing it), or ``masks`` (N, H, W) bool/uint8.
 """
 from __future__ import annotations
 
@@ -182,7 +185,14 @@ def read_npz(path: str | Path) -> Proposals:
     if len(size) != 2 or boxes.ndim != 2 or boxes.shape[1] != 4:
         raise InputError(path, f"bad shapes: image_size {arrays['image_size'].shape}, boxes {boxes.shape}")
     masks = None
-    if "rle_counts" in arrays:
+    if "rle_ascii" in arrays and "rle_lengths" in arrays:
+        text = arrays["rle_ascii"].tobytes().decode("ascii")
+        ends = np.cumsum(arrays["rle_lengths"].reshape(-1))
+        if len(ends) and ends[-1] != len(text):
+            raise InputError(path, f"rle_lengths sum to {ends[-1]}, rle_ascii holds {len(text)} bytes")
+        starts = np.concatenate([[0], ends[:-1]]).tolist()
+        masks = [{"size": list(size), "counts": text[a:b]} for a, b in zip(starts, ends.tolist())]
+    elif "rle_counts" in arrays:
         masks = [{"size": list(size), "counts": str(c)} for c in arrays["rle_counts"].reshape(-1)]
     elif "masks" in arrays:
         m = arrays["masks"]
@@ -205,7 +215,9 @@ def write_npz(path: str | Path, proposals: Proposals) -> None:
         "image_size": np.asarray(proposals.image_size, np.int64),
     }
     if proposals.masks is not None:
-        arrays["rle_counts"] = np.asarray([m["counts"] for m in proposals.masks], dtype=np.str_)
+        counts = [m["counts"] for m in proposals.masks]
+        arrays["rle_ascii"] = np.frombuffer("".join(counts).encode("ascii"), dtype=np.uint8)
+        arrays["rle_lengths"] = np.asarray([len(c) for c in counts], dtype=np.int64)
     with _atomic_write(path) as handle:
         np.savez_compressed(handle, **arrays)
 

@@ -361,7 +361,7 @@ class MSERSGPOPredictor(Predictor):
         if len(prms) == 0 or len(props) == 0 or props.masks is None:
             return Instances((h, w), masks=[])
         s = prms.shape[-1]
-        small = mask_ops.resize_nearest(props.mask_array(), s, s)
+        small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
         if self.cfg.scoring == "prm":
             found = retrieve(prms, index, class_maps, small, self.cfg.retrieval)
         else:

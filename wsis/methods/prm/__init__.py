@@ -147,13 +147,18 @@ class PRMPredictor(Predictor):
         return self.model.backbone.normalize(x[None]).to(self.device)
 
     def peak_responses(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Peaks' classes (K,), their PRMs (K, S, S) and the class maps (C, S, S) of one image."""
+        """Peaks' classes (K,), their PRMs (K, S, S) and the class maps (C, S, S) of one image;
+        only the maps of the peaks' classes are computed (retrieval reads no other), the rest are 0."""
         batched = self.cfg.peak_backprop == "batched" or (
             self.cfg.peak_backprop == "auto" and self.device.type == "cuda")
         peaks, prms, crm = peak_response_maps(self.model, x, select=self._select_peaks, batched=batched)
-        size = x.shape[-2:]
-        class_maps = F.interpolate(crm[None], size=size, mode="bicubic", align_corners=False)[0]
-        return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy()
+        size = tuple(x.shape[-2:])
+        used = torch.unique(peaks[:, 1])
+        class_maps = np.zeros((len(crm),) + size, np.float32)
+        if len(used):
+            up = F.interpolate(crm[used][None], size=size, mode="bicubic", align_corners=False)[0]
+            class_maps[used.cpu().numpy()] = up.cpu().numpy()
+        return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps
 
     def _select_peaks(self, crm: torch.Tensor) -> torch.Tensor:
         """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2; the
@@ -189,9 +194,8 @@ class PRMPredictor(Predictor):
         props = self.proposals(record)
         if len(classes) == 0 or len(props) == 0 or props.masks is None:
             return Instances((h, w), masks=[])
-        masks = props.mask_array()
         s = x.shape[-1]
-        small = mask_ops.resize_nearest(masks, s, s)
+        small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
         found = retrieve(prms, classes, class_maps, small, self.cfg.retrieval)
         chosen = [props.masks[i] for i in found.proposal_index]
         labels = self.labels_of(found.peak_classes)
