@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
-import wsis.pdsl.model as pdsl_model
+import wsis.methods.pdsl.model as pdsl_model
 from common import ROOT, add_data_args, commit
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
@@ -40,8 +40,8 @@ from wsis.masks import decode_many
 from wsis.methods import pdsl
 from wsis.methods.pdsl import cache_dirs, training_data
 from wsis.methods.trained import MODEL_FILE
-from wsis.pdsl.data import collate, resize_image, resize_scale
-from wsis.pdsl.model import pad_images
+from wsis.methods.pdsl.data import collate, resize_image, resize_scale
+from wsis.methods.pdsl.model import pad_images
 from wsis.proposals.cache import ProposalCache
 
 
@@ -142,7 +142,7 @@ def training_signals(predictor: "pdsl.PDSLPredictor", workdir: Path, train, num_
     clip = cfg.schedule.grad_clip
     out = {"grad_norms": {k: {"median": statistics.median(v), "max": max(v)} for k, v in norms.items()},
            "global_clip_shrinks_masks": (float(np.mean([n > clip for n in norms["all"]])) if clip else None),
-           # with n^r = 0 Eq. 8 always uses S^0 relative to the best proposal (wsis/pdsl/masks.py)
+           # with n^r = 0 Eq. 8 always uses S^0 relative to the best proposal (wsis/methods/pdsl/masks.py)
            "correlation_target": cfg.loss.correlation_target if cfg.model.refine_heads else "relative S^0"}
     if activations:
         a = torch.cat(activations)

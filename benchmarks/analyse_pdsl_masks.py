@@ -33,7 +33,7 @@ from wsis.eval import evaluate
 from wsis.masks import encode_many
 from wsis.methods import pdsl
 from wsis.methods.trained import MODEL_FILE
-from wsis.pdsl.inference import detect_and_segment
+from wsis.methods.pdsl.inference import detect_and_segment
 from wsis.structures import Instances
 
 TOP = 10  # detections per image that enter the probability statistics

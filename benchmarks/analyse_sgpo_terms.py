@@ -48,7 +48,7 @@ def main() -> None:
             variants[name] = base.variant(scoring="prm")
         else:
             v = base.variant(scoring="sgpo")
-            v.cfg = dataclasses.replace(v.cfg, sgpo=dataclasses.replace(v.cfg.sgpo, **weights))
+            v.cfg = dataclasses.replace(v.cfg, retrieval=dataclasses.replace(v.cfg.retrieval, **weights))
             variants[name] = v
     preds = {name: {} for name in ROWS}
     for record in records:

@@ -25,7 +25,7 @@ from wsis.eval import evaluate
 from wsis.methods import load_trained
 from wsis.methods import wise
 from wsis.config import load_config
-from wsis.pseudo_labels import pseudo_instances
+from wsis.methods.wise.pseudo_labels import pseudo_instances
 
 
 

@@ -129,7 +129,7 @@ def main() -> None:
                   "median_s_prm_single_network": statistics.median(t_prm),
                   "median_s_mser_sgpo_T2": statistics.median(t_full),
                   "median_s_proposals": statistics.median(t_prop),
-                  "image_size": main_run.cfg.prm.image_size, "peak_backprop": main_run.cfg.peak_backprop},
+                  "image_size": main_run.cfg.classifier.image_size, "peak_backprop": main_run.cfg.peak_backprop},
         "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(),
                     "cuda": torch.cuda.is_available(), "torch": torch.__version__},
         "rows": [{**r, "delta": r["run"], "all80": evaluate(scored, preds[r["name"]]),

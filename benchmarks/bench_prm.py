@@ -79,7 +79,7 @@ def main() -> None:
                       "median_s_excluding_proposals": statistics.median(t_prm),
                       "median_s_including_proposals": statistics.median(a + b for a, b in zip(t_prop, t_prm)),
                       "median_s_proposals": statistics.median(t_prop),
-                      "image_size": meta["config"]["prm"]["image_size"]},
+                      "image_size": meta["config"].get("classifier", meta["config"].get("prm"))["image_size"]},
         "peak_rss_mib": peak_rss_mib(),
         "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
                     "cuda": torch.cuda.is_available(), "torch": torch.__version__},

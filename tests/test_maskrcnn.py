@@ -11,7 +11,7 @@ from wsis.detectors.maskrcnn import (AugmentConfig, DetectorConfig, InstanceData
                                      ground_truth_instances, targets_from_instances)
 from wsis.detectors.refine import refine_with_proposals
 from wsis.errors import InputError
-from wsis.methods.maskrcnn import lr_factor
+from wsis.engine.schedule import lr_factor
 from wsis.proposals import Proposals
 from wsis.structures import ImageRecord, Instances
 

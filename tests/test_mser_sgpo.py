@@ -1,4 +1,4 @@
-"""MSER + SGPO method: peak selection and EPRM fusion by hand, and a slow end-to-end fit/predict/resume."""
+"""MSER + SGPO method: EPRM fusion by hand, and a slow end-to-end fit/predict/resume."""
 import dataclasses
 import json
 
@@ -7,21 +7,9 @@ import pytest
 import torch
 
 from wsis.data.images import load_image
-from wsis.methods.mser_sgpo import StageResponse, fuse_representations, top_peaks
+from wsis.methods.mser_sgpo import StageResponse, fuse_representations
 
 torch.set_num_threads(1)
-
-
-def test_top_peaks_per_allowed_class():
-    # [batch, class, y, x]; values: class 0 has 3 peaks (5, 9, 7), class 1 has one (4), class 2 one (8)
-    peaks = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 2, 2], [0, 1, 3, 3], [0, 2, 4, 4]])
-    values = torch.tensor([5.0, 9.0, 7.0, 4.0, 8.0])
-    allowed = torch.tensor([True, True, False])
-    out = top_peaks(peaks, values, allowed, peak_threshold=0.0, max_per_class=2)
-    # class 0 keeps its two highest (9 at row 1, 7 at row 2), class 1 its only one, class 2 is not allowed
-    assert out.tolist() == [[0, 0, 1, 1], [0, 0, 2, 2], [0, 1, 3, 3]]
-    out = top_peaks(peaks, values, allowed, peak_threshold=4.5, max_per_class=8)
-    assert out.tolist() == [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 2, 2]]  # 4 <= 4.5 dropped
 
 
 def _response(peaks, prms, num_classes=2, size=4):
@@ -67,9 +55,9 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
 
     write_coco_gt(make_scenes(tmp_path / "data", num_images=8, seed=3, image_size=(64, 64)), tmp_path / "gt.json")
     records = read_coco(tmp_path / "gt.json", image_root=tmp_path / "data" / "images")
-    overrides = ["backbone=tf_efficientnet_lite0", "pretrained=false", "prm.epochs=1", "prm.image_size=64",
-                 "prm.batch_size=4", "prm.sub_pixel_factor=2", "max_peaks_per_class=2", "device=cpu",
-                 "proposals.method=superpixel", "sgpo.saliency=spectral_residual"]
+    overrides = ["backbone=tf_efficientnet_lite0", "pretrained=false", "classifier.epochs=1", "classifier.image_size=64",
+                 "classifier.batch_size=4", "classifier.sub_pixel_factor=2", "max_peaks_per_class=2", "device=cpu",
+                 "proposals.method=superpixel", "retrieval.saliency=spectral_residual"]
     work = tmp_path / "run"
     predictor = fit(records, overrides=overrides, workdir=work)
     cfg = predictor.cfg
@@ -114,6 +102,9 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
         np.testing.assert_allclose(a.prms, b.prms, atol=1e-6)
         np.testing.assert_allclose(a.class_maps, b.class_maps, atol=1e-4)
 
+    first_seconds = json.loads((work / "method.json").read_text())["train_seconds"]
+    assert first_seconds > 0  # written by trained.save_trained: the time summed over resumed runs
+
     # resume: finished stages are not retrained, finished masks not recomputed; a lost mask is redone
     stamps = {p: p.stat().st_mtime_ns for p in [work / "stage1/model.pt", work / "stage2/model.pt"]}
     log_lines = [(work / f"stage{t}/log.jsonl").read_text().count("\n") for t in (1, 2)]
@@ -128,7 +119,9 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert (load_mask(lost) == before).all()
     assert len(again.models) == 2
-    assert json.loads((work / "method.json").read_text())["method"] == "mser_sgpo"
+    meta = json.loads((work / "method.json").read_text())
+    assert meta["method"] == "mser_sgpo" and "train_seconds_this_run" not in meta
+    assert meta["train_seconds"] >= first_seconds
 
     # other erasing settings in the same workdir are refused, not silently mixed
     from wsis.errors import InputError

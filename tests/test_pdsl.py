@@ -10,7 +10,7 @@ import torch
 from wsis.config import load_config
 from wsis.errors import InputError
 from wsis.methods import METHODS
-from wsis.pdsl.config import PDSLAugmentConfig, PDSLMethodConfig, PDSLModelConfig
+from wsis.methods.pdsl.config import PDSLAugmentConfig, PDSLMethodConfig, PDSLModelConfig
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "wsis" / "configs"
@@ -46,7 +46,7 @@ def test_paper_config_has_the_paper_values():
 
 
 def test_backbone_is_dilated_to_stride_16_and_frozen_in_stages():
-    from wsis.pdsl.model import backbone_stages, pdsl_backbone
+    from wsis.methods.pdsl.model import backbone_stages, pdsl_backbone
 
     bb = pdsl_backbone(PDSLModelConfig(backbone="tf_efficientnet_lite0", pretrained=False, output_stride=16,
                                        frozen_stages=2))
@@ -64,7 +64,7 @@ def test_backbone_is_dilated_to_stride_16_and_frozen_in_stages():
 def test_a_pretrained_model_is_rebuilt_without_weights_and_loads_strictly():
     from timm.layers import FrozenBatchNormAct2d
 
-    from wsis.pdsl.model import build_pdsl
+    from wsis.methods.pdsl.model import build_pdsl
 
     cfg = PDSLModelConfig(backbone="tf_efficientnet_lite0", pretrained=True, reduce_channels=16, hidden=32,
                           mask_channels=8, refine_heads=1, mask_heads=1)
@@ -76,8 +76,8 @@ def test_a_pretrained_model_is_rebuilt_without_weights_and_loads_strictly():
 
 def test_optimizer_rates_per_part():
     from wsis.methods.pdsl import pdsl_optimizer
-    from wsis.pdsl.config import PDSLScheduleConfig
-    from wsis.pdsl.model import build_pdsl
+    from wsis.methods.pdsl.config import PDSLScheduleConfig
+    from wsis.methods.pdsl.model import build_pdsl
 
     cfg = PDSLModelConfig(backbone="tf_efficientnet_lite0", pretrained=False, frozen_stages=7, reduce_channels=8,
                           hidden=16, mask_channels=8, refine_heads=1, mask_heads=1)
@@ -93,7 +93,7 @@ def test_optimizer_rates_per_part():
 
 def test_training_samples_are_a_function_of_seed_epoch_and_image(tmp_path):
     from wsis.data.synthetic import make_scenes
-    from wsis.pdsl.data import PDSLDataset
+    from wsis.methods.pdsl.data import PDSLDataset
 
     records = make_scenes(tmp_path / "data", num_images=2, image_size=(80, 120), seed=1)
     boxes = np.array([[0, 0, 120, 80], [10, 10, 50, 40], [100, 70, 120, 80]], np.float32)
@@ -188,7 +188,7 @@ def test_fit_resumes_exactly_predicts_reloads_and_evaluates(tmp_path):
 
     # soft masks (threshold studies) are the probabilities the hard masks are cut from
     from wsis.data.images import load_image
-    from wsis.pdsl.inference import detect_and_segment
+    from wsis.methods.pdsl.inference import detect_and_segment
 
     image = load_image(records[0].path)
     args = (whole.model, image, whole.proposal_boxes(records[0]), whole.cfg.test, whole.device)

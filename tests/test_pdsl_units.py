@@ -9,9 +9,9 @@ import torch
 
 from wsis.detectors.wsddn import (mil_loss, oicr_pseudo_labels, refinement_loss, segment_softmax,
                                   wsddn_scores)
-from wsis.pdsl.masks import (correlation_loss, lse_activation, mask_targets, sample_mask_rois,
+from wsis.methods.pdsl.masks import (correlation_loss, lse_activation, mask_targets, sample_mask_rois,
                              segmentation_loss)
-from wsis.pdsl.seeds import GrabCutCache, assign_seeds
+from wsis.methods.pdsl.seeds import GrabCutCache, assign_seeds
 
 torch.set_num_threads(1)
 ln = math.log
@@ -265,7 +265,7 @@ def test_correlation_loss_by_hand():
 
 
 def test_relative_detection_activation_divides_by_each_class_best_proposal_per_image():
-    from wsis.pdsl.model import relative_to_best
+    from wsis.methods.pdsl.model import relative_to_best
 
     # image 0: proposals 0-2, image 1: proposals 3-4; two classes
     scores = torch.tensor([[0.2, 0.05], [0.1, 0.10], [0.4, 0.02], [0.3, 0.0], [0.6, 0.0]], requires_grad=True)
@@ -281,8 +281,8 @@ def test_relative_detection_activation_divides_by_each_class_best_proposal_per_i
 # ---------------------------------------------------------------- inference selection
 
 def test_detections_are_ranked_and_suppressed_per_class():
-    from wsis.pdsl.config import PDSLTestConfig
-    from wsis.pdsl.inference import select_detections
+    from wsis.methods.pdsl.config import PDSLTestConfig
+    from wsis.methods.pdsl.inference import select_detections
 
     # 3 proposals x 2 classes; proposals 0 and 1 overlap with IoU 0.81, proposal 2 is apart
     b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 8.1], [20.0, 20.0, 30.0, 30.0]])

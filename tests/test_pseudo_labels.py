@@ -11,9 +11,9 @@ from wsis.cues.prm import find_peaks
 from wsis.proposals import Proposals
 from wsis.proposals.cache import ProposalCache
 from wsis.proposals.precomputed import write_npz
-from wsis.pseudo_labels import (PeakCandidates, PseudoLabelConfig, PseudoLabeler, build_candidates, choose,
+from wsis.methods.wise.pseudo_labels import (PeakCandidates, PseudoLabelConfig, PseudoLabeler, build_candidates, choose,
                                 most_probable, objectness_probabilities, peak_to_image, pseudo_instances,
-                                sample_positions, select_peaks, write_pseudo_labels)
+                                sample_positions, write_pseudo_labels)
 from wsis.structures import ImageRecord, RecordSet
 
 torch.set_num_threads(1)
@@ -102,15 +102,6 @@ def test_pseudo_instances_class_from_peak_argmax_and_duplicates():
     np.testing.assert_array_equal(inst.mask_array(), np.stack([masks[0], masks[2]]))
     np.testing.assert_array_equal(inst.boxes, [[0, 0, 3, 3], [3, 3, 6, 6]])
     np.testing.assert_array_equal(most_probable(cands.offsets, cands.probs), [0, 2, 5])
-
-
-def test_select_peaks_tagged_classes_threshold_and_fallback():
-    # rows (class, y, x); class 0: values 5, 1, 3 (threshold 2 keeps 5 and 3, max 1 per class -> 5);
-    # class 1: values -1, -0.5 (none above 2: keep the strongest, -0.5); class 2 untagged.
-    peaks = np.array([[0, 0, 0], [0, 1, 1], [0, 2, 2], [1, 3, 3], [1, 4, 4], [2, 5, 5]])
-    values = np.array([5.0, 1.0, 3.0, -1.0, -0.5, 9.0])
-    np.testing.assert_array_equal(select_peaks(peaks, values, [0, 1], 2.0, 1), [0, 4])
-    np.testing.assert_array_equal(select_peaks(peaks, values, [0], 2.0, 8), [0, 2])
 
 
 def test_candidates_json_round_trip():

@@ -1,6 +1,6 @@
 import numpy as np
 
-from wsis.retrieval import RetrievalConfig, contour_masks, instance_nms, proposal_scores, retrieve
+from wsis.proposals.retrieval import RetrievalConfig, contour_masks, instance_nms, proposal_scores, retrieve
 
 
 def _box(h, w, y0, y1, x0, x1):
@@ -30,8 +30,8 @@ def test_scores_by_hand_without_contour():
         _box(h, w, 2, 3, 2, 3),  # 1 px: 1/9 mass
         np.ones((h, w), bool),  # 100% of the image: skipped by the 85% limit
     ])
-    cfg = RetrievalConfig(balance_factor=0.8, penalty_factor=0.01, bg_threshold_factor=0.5, contour_width=1,
-                          penalty_reference_area=None)
+    cfg = RetrievalConfig(alpha=0.8, gamma=0.01, bg_threshold_factor=0.5, contour_width=1,
+                          gamma_reference_area=None)
     s = proposal_scores(prm[None], np.array([0]), class_map, masks, cfg)[0]
     np.testing.assert_allclose(s[:3], [0.8, 0.8 - 0.27, 0.8 / 9], rtol=1e-5)
     assert s[3] == -np.inf
@@ -48,7 +48,7 @@ def test_retrieve_picks_best_and_nms_merges_prms():
     prms = np.stack([a, b, c])
     masks = np.stack([_box(h, w, 2, 5, 2, 5), _box(h, w, 8, 11, 8, 11), _box(h, w, 0, 6, 0, 6)])
     class_maps = np.ones((2, h, w), np.float32)
-    cfg = RetrievalConfig(penalty_factor=0.0, contour_width=1, nms_threshold=0.3)
+    cfg = RetrievalConfig(gamma=0.0, contour_width=1, nms_threshold=0.3)
     out = retrieve(prms, np.array([0, 0, 1]), class_maps, masks, cfg)
     # peaks 0 and 1 both choose proposal 0 (first best of equal scores 0.8); NMS keeps one and merges
     assert sorted(out.proposal_index.tolist()) == [0, 1]
@@ -72,6 +72,6 @@ def test_penalty_rescaled_to_reference_area():
     class_map[0, :5] = 1.0  # mean 0.5: background = the lower 50 pixels
     mask = np.ones((1, h, w), bool)
     mask[0, 0, 0] = False  # 99 px: 99% of the image, so the size limit is lifted to 1.0 below
-    cfg = RetrievalConfig(penalty_factor=0.01, contour_width=1, size_limit=(0.0, 1.0), penalty_reference_area=400)
+    cfg = RetrievalConfig(gamma=0.01, contour_width=1, size_limit=(0.0, 1.0), gamma_reference_area=400)
     # 50 background pixels * 0.01 * 400 / 100 = 2.0
     np.testing.assert_allclose(proposal_scores(prm, np.array([0]), class_map, mask, cfg)[0, 0], -2.0)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from wsis.sgpo import SGPOConfig, class_irrelevant_maps, sgpo_retrieve, sgpo_scores, sgpo_terms
-from wsis.retrieval import contour_masks
+from wsis.methods.mser_sgpo.sgpo import SGPOConfig, class_irrelevant_maps, sgpo_retrieve, sgpo_scores, sgpo_terms
+from wsis.proposals.retrieval import contour_masks
 
 torch.set_num_threads(1)
 H = W = 10

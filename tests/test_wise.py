@@ -12,7 +12,7 @@ from wsis.methods import METHODS
 from wsis.methods.maskrcnn import MaskRCNNMethodConfig
 from wsis.methods.wise import PseudoTargets, WiseMethodConfig
 from wsis.proposals import Proposals
-from wsis.pseudo_labels import build_candidates
+from wsis.methods.wise.pseudo_labels import build_candidates
 from wsis.structures import ImageRecord
 
 torch.set_num_threads(1)
@@ -34,13 +34,6 @@ def test_configs_load(name, cls):
         s = cfg.schedule
         assert (s.batch_size, s.lr, s.iterations, cfg.detector.min_size, cfg.detector.max_size) == (
             1, 0.00125, 50000, 800, 1333)
-
-
-def test_wise_and_reference_share_the_schedule():
-    for suffix in ("", "_cpu"):
-        w = load_config(WiseMethodConfig, CONFIGS / f"wise{suffix}.yaml")
-        m = load_config(MaskRCNNMethodConfig, CONFIGS / f"maskrcnn{suffix}.yaml")
-        assert w.schedule == m.schedule and w.detector == m.detector and w.augment == m.augment
 
 
 def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
@@ -68,8 +61,8 @@ def test_wise_end_to_end_on_tiny_scenes(tmp_path):
     from wsis.methods import get_method, load_trained
 
     records = make_scenes(tmp_path / "data", num_images=3, image_size=(96, 96), seed=2)
-    overrides = ["prm.pretrained=false", "prm.prm.image_size=64", "prm.prm.epochs=1", "prm.prm.batch_size=3",
-                 "prm.device=cpu", "detector.pretrained=false", "detector.min_size=96", "detector.max_size=96",
+    overrides = ["prm.pretrained=false", "prm.classifier.image_size=64", "prm.classifier.epochs=1", "prm.classifier.batch_size=3",
+                 "detector.pretrained=false", "detector.min_size=96", "detector.max_size=96",
                  "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=100",
                  "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=100",
                  "detector.box_batch_size_per_image=64", "device=cpu", "schedule.iterations=4",

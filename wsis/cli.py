@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from wsis.errors import InputError
+from wsis.methods import METHODS
 
 
 def _add_dataset_args(p: argparse.ArgumentParser, flag: str = "--data", required: bool = True) -> None:
@@ -149,7 +150,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def cmd_proposals(args: argparse.Namespace) -> int:
     from wsis.config import load_config
-    from wsis.methods.prm import ProposalConfig
+    from wsis.proposals.config import ProposalConfig
     from wsis.proposals.cache import ProposalCache
 
     records = _load(args.data, args)
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=240)
     p.add_argument("--val-images", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="prm")
+    p.add_argument("--method", default="prm", help=f"one of {', '.join(sorted(METHODS))} (default: prm)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.set_defaults(func=cmd_demo)
 
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_proposals)
 
     p = sub.add_parser("train", help="train a method on a dataset's image-level tags")
-    p.add_argument("method", help="method name, e.g. prm")
+    p.add_argument("method", metavar="METHOD", help=f"one of {', '.join(sorted(METHODS))}")
     _add_dataset_args(p)
     p.add_argument("--config", type=Path, help="YAML config (defaults: the paper's values)")
     p.add_argument("--workdir", required=True, type=Path, help="checkpoints and logs; an existing run resumes")

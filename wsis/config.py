@@ -1,6 +1,12 @@
 """Typed configs: dataclasses whose defaults are a paper's values, read from YAML, overridden by
 ``key=value`` pairs on the command line (``optim.lr=0.001``). Unknown keys and ill-typed values are
-input errors naming the file, so a typo never silently trains with a default."""
+input errors naming the file, so a typo never silently trains with a default.
+
+A YAML file may start from others: ``_base_: other.yaml`` (or a list, merged in order) loads those
+first (paths relative to the file, else a name in the package's ``wsis/configs``) and then applies
+the file's own keys on top, section by section; inside a section (``prm: {_base_: prm_cpu.yaml}``)
+the other file fills that section. A config named without a folder that does not exist
+where it is named is looked up in ``wsis/configs`` too, so ``--config prm_cpu.yaml`` works anywhere."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +20,9 @@ import yaml
 from wsis.errors import InputError
 
 T = TypeVar("T")
+
+PACKAGE_CONFIGS = Path(__file__).parent / "configs"
+BASE_KEY = "_base_"
 
 
 def _coerce(value: Any, tp: Any, where: str, source: str) -> Any:
@@ -113,16 +122,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """Defaults of ``cls``, updated by the YAML file at ``path``, then by ``key=value`` overrides."""
     tree: dict = to_dict(cls())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(path, f"malformed YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise InputError(path, "a config file must be a mapping of keys to values")
-        _merge(tree, data)
+        path = resolve_config(path)
+        _merge(tree, read_yaml_config(path))
     for item in overrides:
         if "=" not in item:
             raise InputError("command line", f"override '{item}' is not of the form key=value")
@@ -133,6 +134,50 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             value = raw
         _set_dotted(tree, key.strip(), value)
     return _build(cls, tree, str(path) if path is not None else "command line")
+
+
+def resolve_config(path: str | Path, relative_to: Path | None = None) -> Path:
+    """The file a config name refers to: as given (relative to ``relative_to`` when set), else the
+    package's ``wsis/configs/<name>``."""
+    path = Path(path)
+    candidates = [relative_to / path if relative_to is not None and not path.is_absolute() else path]
+    if not path.is_absolute() and len(path.parts) == 1:
+        candidates.append(PACKAGE_CONFIGS / path)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise InputError(candidates[0], "config file not found")
+
+
+def read_yaml_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The nested dict of a YAML config with its ``_base_`` files merged under it."""
+    if path.resolve() in seen:
+        raise InputError(path, f"{BASE_KEY} includes itself ({' -> '.join(str(p) for p in seen + (path,))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(path, f"malformed YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "a config file must be a mapping of keys to values")
+    return _expand_bases(data, path, seen + (path.resolve(),))
+
+
+def _expand_bases(node: dict, path: Path, seen: tuple[Path, ...]) -> dict:
+    """``node`` with the files its ``_base_`` names (and its sections' ones) merged under it."""
+    bases = node.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise InputError(path, f"{BASE_KEY} must be a file name or a list of file names")
+    tree: dict = {}
+    for base in bases:
+        try:
+            base_path = resolve_config(base, path.parent)
+        except InputError:
+            raise InputError(path, f"{BASE_KEY} file '{base}' not found") from None
+        _merge(tree, read_yaml_config(base_path, seen))
+    _merge(tree, {k: _expand_bases(v, path, seen) if isinstance(v, dict) else v for k, v in node.items()})
+    return tree
 
 
 def from_dict(cls: type[T], data: dict, source: str = "config") -> T:

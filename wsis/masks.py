@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -127,3 +128,12 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N, H, W) bool -> (N, height, width), nearest neighbour at pixel centres (OpenCV's
+    INTER_NEAREST_EXACT: source index floor((i + 0.5) * H / height)), one mask at a time."""
+    out = np.empty((len(masks), height, width), dtype=bool)
+    for i, m in enumerate(np.ascontiguousarray(masks).view(np.uint8)):
+        out[i] = cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST_EXACT).view(bool)
+    return out

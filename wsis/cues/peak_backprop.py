@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsis.cues.prm import PRMNet, peak_stimulation
+from wsis.cues.peaks import crm_peaks
+from wsis.cues.prm import PRMNet
 
 EPS = 1e-10  # the reference's threshold for a zero normaliser
 
@@ -365,7 +366,7 @@ def peak_response_maps(model: PRMNet, image: torch.Tensor, peaks: torch.Tensor |
         if peaks is None and select is not None:
             peaks = select(crm.detach())
         elif peaks is None:
-            peaks = _select_peaks(model, crm.detach(), class_threshold, peak_threshold)
+            peaks = crm_peaks(model, crm.detach(), None, class_threshold, peak_threshold)
         peaks = peaks.to(crm.device)
         if len(peaks) == 0:
             grads = image.new_zeros((0,) + tuple(image.shape[1:]))
@@ -437,14 +438,3 @@ def stacked_peak_response_maps(models: Sequence[PRMNet], image: torch.Tensor, se
                     grads[t][start:start + used] = g[:used, t, 0]
     return [(p, normalise_prms(g).detach(), crms[t, 0]) for t, (p, g) in enumerate(zip(peaks, grads))]
 
-
-def _select_peaks(model: PRMNet, crm: torch.Tensor, class_threshold: float | None,
-                  peak_threshold: float | None) -> torch.Tensor:
-    peaks, values = model.find_peaks(crm)
-    keep = torch.ones(len(peaks), dtype=torch.bool, device=crm.device)
-    if class_threshold is not None:
-        scores = peak_stimulation(crm, model.win_size, model.peak_filter)
-        keep &= scores[peaks[:, 0], peaks[:, 1]] >= class_threshold
-    if peak_threshold is not None:
-        keep &= values > peak_threshold
-    return peaks[keep]

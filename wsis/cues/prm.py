@@ -45,11 +45,9 @@ class PRMConfig:
     sub_pixel_factor: int = 8
     win_size: int = 3
     peak_filter: PeakFilter = "median"
-    # Inference: a peak gets a PRM only if its class score (a logit) is >= class_threshold and its
-    # CRM value is > peak_threshold. 30 is the reference's default for its ResNet-50 CRMs; the scale
-    # of another backbone's CRM differs, so this is a value to re-tune, not a constant.
+    # Inference: a peak gets a PRM only if its class score (a logit) is >= class_threshold (and its
+    # CRM value is above the method's ``peak_threshold``, :mod:`wsis.cues.peaks`).
     class_threshold: float = 0.0
-    peak_threshold: float = 30.0
 
 
 def filter_values(crm: torch.Tensor, kind: PeakFilter) -> torch.Tensor | None:
@@ -191,19 +189,3 @@ def prm_optimizer(model: PRMNet, cfg: PRMConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.param_groups(cfg.lr, cfg.backbone_lr_mult), lr=cfg.lr,
                            momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-
-def top_peaks(peaks: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor, peak_threshold: float,
-              max_per_class: int) -> torch.Tensor:
-    """The (K, 4) peaks of allowed classes with value > threshold, at most ``max_per_class`` per class
-    (highest first), in their original order."""
-    keep = allowed[peaks[:, 1]] & (values > peak_threshold)
-    idx = torch.nonzero(keep).flatten()
-    if len(idx) == 0:
-        return peaks[:0]
-    # rank of each peak within its class by descending value: sort by (class, -value)
-    order = idx[torch.argsort(values[idx], descending=True, stable=True)]
-    order = order[torch.argsort(peaks[order, 1], stable=True)]
-    classes = peaks[order, 1]
-    first = torch.searchsorted(classes, classes, side="left")
-    rank = torch.arange(len(order), device=peaks.device) - first
-    return peaks[order[rank < max_per_class].sort().values]

@@ -1,7 +1,9 @@
-"""Methods: one module per system, each with ``fit(records, config, overrides, workdir)`` returning a
-predictor and ``load(workdir)`` restoring one; predictors have ``predict(record) -> Instances`` and
-``predict_records(records) -> {image_id: Instances}``. Modules are imported on demand so that the
-CLI starts fast and a method's heavy dependencies load only when it runs."""
+"""Methods: one package per system (``wsis.methods.<name>``), whose entry module has
+``fit(records, config, overrides, workdir)`` returning a predictor and ``load(workdir)`` restoring
+one (the :class:`~wsis.methods.base.Method` protocol); predictors derive from
+:class:`~wsis.methods.base.Predictor` (``predict(record) -> Instances``, ``predict_records``) and are
+registered with ``@register(name)``. :data:`METHODS` names the entry modules so that the CLI lists
+and validates names without importing torch; modules are imported on demand."""
 from __future__ import annotations
 
 import importlib
@@ -21,9 +23,15 @@ METHODS: dict[str, str] = {
 
 
 def get_method(name: str) -> ModuleType:
+    """The entry module of method ``name``, imported now; it must register a predictor as ``name``."""
     if name not in METHODS:
         raise InputError("command line", f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
-    return importlib.import_module(METHODS[name])
+    module = importlib.import_module(METHODS[name])
+    from wsis.methods.base import REGISTRY
+
+    if name not in REGISTRY or not REGISTRY[name].__module__.startswith(METHODS[name]):
+        raise RuntimeError(f"{METHODS[name]} registers no predictor as {name!r} (wsis.methods.base.register)")
+    return module
 
 
 def read_meta(workdir: str | Path) -> dict:
@@ -42,4 +50,7 @@ def read_meta(workdir: str | Path) -> dict:
 
 def load_trained(workdir: str | Path):
     """The predictor saved in a training workdir, whatever its method."""
-    return get_method(read_meta(workdir)["method"]).load(workdir)
+    name = read_meta(workdir)["method"]
+    if name not in METHODS:
+        raise InputError(Path(workdir) / "method.json", f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
+    return get_method(name).load(workdir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -23,22 +23,37 @@ META_FILE = "method.json"
 C = TypeVar("C")
 
 
-def save_trained(workdir: Path, model: torch.nn.Module, meta: dict[str, Any], started: float) -> None:
-    """Weights and ``meta`` (plus ``train_seconds``: wall time since ``started``, summed over the
-    resumed runs of this workdir; a finished run fitted again adds ~0), written by the main process."""
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    """``model``'s weights at ``path`` (a stage of a multi-model method), written by the main process."""
+    if is_main():
+        save_checkpoint(path, {"model": model.state_dict()})
+
+
+def save_trained(workdir: Path, model: torch.nn.Module | None, meta: dict[str, Any], started: float) -> None:
+    """Weights (``model.pt``; none when ``model`` is None: a method whose weights are saved per stage
+    with :func:`save_weights`) and ``meta`` (plus ``train_seconds``: wall time since ``started``,
+    summed over the resumed runs of this workdir; a finished run fitted again adds ~0), written by the
+    main process. This is the only writer of ``method.json``."""
     previous = workdir / META_FILE
     before = json.loads(previous.read_text()).get("train_seconds", 0.0) if previous.is_file() else 0.0
     meta["train_seconds"] = before + time.perf_counter() - started
     if is_main():
-        save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
+        if model is not None:
+            save_checkpoint(workdir / MODEL_FILE, {"model": model.state_dict()})
         with atomic_write(previous) as f:
             json.dump(meta, f, indent=2)
 
 
-def read_trained(workdir: str | Path, config_cls: type[C]) -> tuple[dict[str, Any], C]:
-    """``method.json`` of a finished run and its config as ``config_cls``."""
+def read_trained(workdir: str | Path, config_cls: type[C],
+                 migrate: Callable[[dict], dict] | None = None) -> tuple[dict[str, Any], C]:
+    """``method.json`` of a finished run and its config as ``config_cls``; ``migrate`` rewrites a
+    config saved with older key names (a key it does not know is an error naming the file)."""
     meta = read_meta(workdir)
-    return meta, from_dict(config_cls, meta["config"], str(Path(workdir) / META_FILE))
+    config = meta.get("config")
+    source = str(Path(workdir) / META_FILE)
+    if not isinstance(config, dict):
+        raise InputError(source, "malformed method file (no 'config' mapping)")
+    return meta, from_dict(config_cls, migrate(config) if migrate else config, source)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:

@@ -1,9 +1,15 @@
 """WISE (Issam Laradji et al., "Where are the Masks: Instance Segmentation with Image-level
 Supervision", BMVC 2019; Algorithm 1): a PRM classifier trained on the image tags locates objects
 by its peaks; for each peak a proposal containing it is sampled with probability proportional to
-objectness (Eq. 1) as its pseudo mask (:mod:`wsis.pseudo_labels`); Mask R-CNN trains on the pseudo
+objectness (Eq. 1) as its pseudo mask (:mod:`wsis.methods.wise.pseudo_labels`); Mask R-CNN trains on the pseudo
 masks (Eq. 2), which are drawn afresh every epoch; at test time only Mask R-CNN runs, optionally
 followed by swapping each mask for the proposal of highest IoU (``refine``).
+
+Where each part is (one hop from here): the PRM classifier (stage 1): :mod:`wsis.methods.prm` (and
+:mod:`wsis.cues.prm`); peaks kept per tagged class: :mod:`wsis.cues.peaks`; Eq. 1 (candidates and
+the objectness-proportional draw): :mod:`wsis.methods.wise.pseudo_labels`; Eq. 2 (Mask R-CNN's loss
+on the pseudo masks): :mod:`wsis.detectors.maskrcnn`, trained by :mod:`wsis.detectors.training`;
+the test-time refinement of Fig. 3: :mod:`wsis.detectors.refine`.
 
 Workdir: ``prm/`` (the PRM stage, :func:`wsis.methods.prm.fit`; reused when finished),
 ``proposals/`` (cached proposals, also used by the refinement), ``pseudo/`` (per-image candidate
@@ -32,11 +38,13 @@ from wsis.config import load_config, to_dict
 from wsis.data.images import atomic_write
 from wsis.errors import InputError
 from wsis.methods import prm as prm_method
-from wsis.methods.maskrcnn import (DetectorPredictor, MaskRCNNMethodConfig, load_detector, train_detector)
-from wsis.methods.prm import PRMMethodConfig
+from wsis.methods.base import register
+from wsis.methods.maskrcnn import DetectorPredictor, MaskRCNNMethodConfig, fit_detector, load_detector
+from wsis.cues.prm import PRMConfig
+from wsis.methods.prm import migrate_config as migrate_prm_config
 from wsis.methods.trained import META_FILE
-from wsis.proposals.cache import ProposalCache
-from wsis.pseudo_labels import PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances, write_pseudo_labels
+from wsis.methods.wise.pseudo_labels import (PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances,
+                                             write_pseudo_labels)
 from wsis.structures import ImageRecord, Instances, RecordSet
 
 PRM_DIR = "prm"
@@ -45,9 +53,41 @@ PSEUDO_JSON = "pseudo_labels.json"
 
 
 @dataclass
+class WisePRMConfig:
+    """Stage 1, PRM's classifier; its device, seed, workers and proposals are WISE's, its peaks are
+    ``pseudo``'s."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    classifier: PRMConfig = field(default_factory=PRMConfig)
+
+
+@dataclass
 class WiseMethodConfig(MaskRCNNMethodConfig):
-    prm: PRMMethodConfig = field(default_factory=PRMMethodConfig)
+    prm: WisePRMConfig = field(default_factory=WisePRMConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+
+
+def migrate_config(config: dict) -> dict:
+    """A ``method.json`` config written before the ``prm`` section held only the classifier (it had
+    all of PRM's method config, ``prm.prm.epochs``; the rest was never read by WISE and is dropped)."""
+    config = dict(config)
+    if isinstance(config.get("prm"), dict):
+        old = migrate_prm_config(config["prm"])
+        config["prm"] = {k: old[k] for k in ("backbone", "pretrained", "classifier") if k in old}
+    return config
+
+
+def prm_stage_config(cfg: WiseMethodConfig) -> dict:
+    """The PRM method config of stage 1 (``workdir/prm/config.yaml``)."""
+    return {**to_dict(cfg.prm), "device": cfg.device, "seed": cfg.seed, "num_workers": cfg.num_workers,
+            "proposals": to_dict(cfg.proposals), "peak_threshold": cfg.pseudo.peak_threshold,
+            "max_peaks_per_class": cfg.pseudo.max_peaks_per_class}
+
+
+@register("wise", WiseMethodConfig)
+class WisePredictor(DetectorPredictor):
+    """Mask R-CNN trained on WISE's pseudo masks."""
 
 
 class PseudoTargets:
@@ -69,13 +109,12 @@ def fit_prm_stage(records: RecordSet, cfg: WiseMethodConfig, workdir: Path):
     prm_dir.mkdir(parents=True, exist_ok=True)
     config_path = prm_dir / "config.yaml"
     with atomic_write(config_path) as f:
-        yaml.safe_dump(to_dict(cfg.prm), f, sort_keys=False)
+        yaml.safe_dump(prm_stage_config(cfg), f, sort_keys=False)
     return prm_method.fit(records, config_path, [], prm_dir)
 
 
 def pseudo_labeler(predictor, cfg: WiseMethodConfig, workdir: Path) -> PseudoLabeler:
-    cache = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
-    return PseudoLabeler(predictor, cfg.proposals.method, cfg.proposals.settings, ProposalCache(cache),
+    return PseudoLabeler(predictor, cfg.proposals.method, cfg.proposals.settings, cfg.proposals.cache(workdir),
                          cfg.pseudo, workdir / PSEUDO_DIR)
 
 
@@ -100,12 +139,12 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     write_pseudo_labels(tags_only, candidates, workdir / PSEUDO_JSON, mode="sample", seed=cfg.seed, epoch=0)
     targets = PseudoTargets(candidates, cfg.pseudo.resample, cfg.seed)
     n = sum(c.num_peaks for c in candidates.values())
-    return train_detector(tags_only, targets, cfg, workdir, "wise",
-                          {"signal": "image-level tags", "pseudo_peaks": n})
+    return fit_detector(tags_only, targets, cfg, workdir, WisePredictor,
+                        {"signal": "image-level tags", "pseudo_peaks": n})
 
 
 def load(workdir: str | Path) -> DetectorPredictor:
-    return load_detector(workdir, WiseMethodConfig)
+    return load_detector(workdir, WiseMethodConfig, WisePredictor, migrate_config)
 
 
 def pseudo_label(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),

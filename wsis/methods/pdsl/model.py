@@ -1,5 +1,5 @@
 """The PDSL network (``papers/002``, Fig. 2): backbone -> RoIPool -> detection branch
-(:mod:`wsis.detectors.wsddn`) and RoIAlign -> segmentation branch (:mod:`wsis.pdsl.masks`), and its
+(:mod:`wsis.detectors.wsddn`) and RoIAlign -> segmentation branch (:mod:`wsis.methods.pdsl.masks`), and its
 training loss ``L = L_OD + L_IS + L_CL`` (Eq. 1) computed inside ``forward`` so that
 DistributedDataParallel sees one call per step.
 
@@ -18,11 +18,11 @@ proposals):
 1. WSDDN scores and Eq. 2;
 2. head r's pseudo labels from head r-1's foreground probabilities (S^0 for r = 1), Eq. 3;
 3. the last head's pseudo labels (from S^0 when n^r = 0) give each proposal's class t_p and the top
-   proposal per tagged class, from which the seeds are acquired (:mod:`wsis.pdsl.seeds`); the
+   proposal per tagged class, from which the seeds are acquired (:mod:`wsis.methods.pdsl.seeds`); the
    seeds' GrabCut masks come from ``self.seed_masks(image_index, boxes)`` (set by the method; cached
    on disk);
 4. the mask branch runs on ``loss.mask_rois`` RoIs drawn from (seed, epoch, image) only
-   (:func:`~wsis.pdsl.masks.sample_mask_rois`), Eq. 5 and Eqs. 6-8 on them.
+   (:func:`~wsis.methods.pdsl.masks.sample_mask_rois`), Eq. 5 and Eqs. 6-8 on them.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ from wsis.detectors.wsddn import (PseudoLabels, WSDDNHead, inference_scores, mil
                                   refinement_loss, wsddn_scores)
 from wsis.engine.trainer import derive_seed
 from wsis.errors import InputError
-from wsis.pdsl.config import PDSLLossConfig, PDSLModelConfig
-from wsis.pdsl.masks import (MaskHeads, correlation_loss, mask_targets, sample_mask_rois, segmentation_loss)
-from wsis.pdsl.seeds import assign_seeds
+from wsis.methods.pdsl.config import PDSLLossConfig, PDSLModelConfig
+from wsis.methods.pdsl.masks import (MaskHeads, correlation_loss, mask_targets, sample_mask_rois, segmentation_loss)
+from wsis.methods.pdsl.seeds import assign_seeds
 
 SeedMaskFn = Callable[[int, np.ndarray], np.ndarray]
 

@@ -1,13 +1,13 @@
 """PDSL (Shen et al., "Parallel Detection-and-Segmentation Learning for Weakly Supervised Instance
 Segmentation", ``papers/002``) as a method: one network trained end to end on image tags, with a
 WSDDN + OICR detection branch and a GrabCut-seeded, self-trained segmentation branch tied by the
-instance-activation correlation loss (:mod:`wsis.pdsl` says how and what differs from the paper).
+instance-activation correlation loss.
 
 Training (``fit``): the tags only (ground truth is stripped before anything else sees the records);
 proposals of every training image are generated first (cached on disk by image content and
 settings); then the shared :class:`~wsis.engine.Trainer` runs the schedule given in iterations
 (``ceil(iterations / steps_per_epoch)`` epochs, lr warm-up and x0.1 steps per iteration, as
-:mod:`wsis.methods.maskrcnn`), checkpointing to ``workdir/last.pt`` and resuming from it exactly:
+:mod:`wsis.engine.schedule`), checkpointing to ``workdir/last.pt`` and resuming from it exactly:
 data order, augmentation and the mask branch's RoI sample are functions of (seed, epoch, image), and
 GrabCut masks are a function of (image, box), cached under ``grabcut.cache_dir``.
 
@@ -19,6 +19,34 @@ Ablations (paper Table 1): ``model.refine_heads=0`` (n^r), ``model.mask_heads=0`
 ``demo_pdsl.yaml``) have L_ACL off: on their short schedules it drives every class-specific mask
 under the 0.5 cut (the configs' headers and ``benchmarks/results/pdsl.md`` give the measurements);
 ``loss.correlation=true`` turns it back on.
+
+Where each equation is (one hop from here): :mod:`wsis.detectors.wsddn` (detection branch: WSDDN + OICR
+refinement heads, Eqs. 2-4), :mod:`wsis.methods.pdsl.seeds` (seed sample acquisition, cached GrabCut),
+:mod:`wsis.methods.pdsl.masks` (mask heads, Eq. 5, correlation loss Eqs. 6-8),
+:mod:`wsis.methods.pdsl.model` (the network and its loss, Eq. 1), :mod:`wsis.methods.pdsl.data`
+(training samples and augmentation), :mod:`wsis.methods.pdsl.inference` (multi-scale flipped test),
+:mod:`wsis.methods.pdsl.config`.
+
+Differences from the paper, and why (details in each module):
+
+* Proposals: the toolkit's superpixel-hierarchy proposals (their boxes) instead of MCG, which cannot
+  be obtained here; precomputed MCG/COB/selective-search files can be named in ``proposals``.
+* Backbone: ResNet-50 with a dilated res5 (stride 16) stands in for ResNet50-WS (GPU config);
+  EfficientNet-Lite0, also at stride 16, on the CPU. A 1x1 conv reduces the backbone's channels
+  before the RoI ops (fc6 would otherwise take 2048 x 7 x 7 inputs).
+* Loss normalisation: the proposal sums of Eqs. 3 and 5 are divided by the number of proposals and
+  Eq. 5's BCE is averaged over pixels (OICR's and Mask R-CNN's definitions); Eq. 3's background
+  weight is OICR's.
+* GrabCut masks are cached on disk per (image, box) instead of recomputed every iteration; the seeds
+  themselves are chosen afresh at every step from the current detector, as in the paper.
+* fc6/fc7 start from scratch (WSDDN/OICR inherit VGG's), so they get Detectron2's fc initialisation
+  instead of std 0.01, which left WSDDN's loss at its starting value in our tests.
+* Gradient norm clipped at 5 (both configs): WSDDN's log loss diverged without it at lr >= 0.002.
+* Test-time selection ranks (proposal, class) pairs without a score threshold: with n^r = 0 the
+  scores are WSDDN's S^0, about 1/(P C) each.
+* On a CPU the mask branch sees a sample of the proposals per image (``loss.mask_rois``), the
+  backbone is frozen, the mask heads learn at 4x the rate, and the schedule, scales and proposal count
+  are reduced (``wsis/configs/pdsl_cpu.yaml`` says why for each).
 """
 from __future__ import annotations
 
@@ -29,24 +57,23 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from wsis import masks as mask_ops
 from wsis.config import load_config, to_dict
 from wsis.data.images import load_image
-from wsis.engine import Trainer, pick_device
+from wsis.engine import Trainer
 from wsis.engine.distributed import is_main
+from wsis.engine.schedule import lr_factor
 from wsis.errors import InputError
+from wsis.methods.base import Predictor, register
+from wsis.methods.pdsl.config import PDSLMethodConfig, PDSLScheduleConfig
+from wsis.methods.pdsl.data import PDSLDataset, ProposalBoxes, collate
+from wsis.methods.pdsl.inference import detect_and_segment
+from wsis.methods.pdsl.model import PDSLNet, build_pdsl
+from wsis.methods.pdsl.seeds import GrabCutCache
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
-from wsis.methods.maskrcnn import lr_factor
-from wsis.pdsl.config import PDSLMethodConfig, PDSLScheduleConfig
-from wsis.pdsl.data import PDSLDataset, ProposalBoxes, collate
-from wsis.pdsl.inference import detect_and_segment
-from wsis.pdsl.model import PDSLNet, build_pdsl
-from wsis.pdsl.seeds import GrabCutCache
 from wsis.proposals.cache import ProposalCache
 from wsis.structures import ImageRecord, Instances, RecordSet
-
 
 
 def tags_only(records: RecordSet) -> RecordSet:
@@ -74,7 +101,7 @@ def _check(cfg: PDSLMethodConfig, source: str) -> None:
 
 
 def cache_dirs(cfg: PDSLMethodConfig, workdir: Path) -> tuple[Path, Path]:
-    proposals = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
+    proposals = cfg.proposals.cache_path(workdir)
     grabcut = Path(cfg.grabcut.cache_dir) if cfg.grabcut.cache_dir else workdir / "grabcut"
     return proposals, grabcut
 
@@ -160,30 +187,22 @@ def load(workdir: str | Path) -> "PDSLPredictor":
     return PDSLPredictor(model, cfg, category_ids, categories, workdir)
 
 
-class PDSLPredictor:
+@register("pdsl", PDSLMethodConfig)
+class PDSLPredictor(Predictor):
     """A trained PDSL network: proposals (cached) -> multi-scale detections -> masks."""
 
     def __init__(self, model: PDSLNet, cfg: PDSLMethodConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path) -> None:
-        self.device = pick_device(cfg.device)
+        super().__init__(cfg, category_ids, categories, workdir)
         self.model = model.to(self.device).eval()
-        self.cfg = cfg
-        self.category_ids = category_ids
-        self.categories = categories
-        self.proposal_cache = ProposalCache(cache_dirs(cfg, Path(workdir))[0])
 
     def proposal_boxes(self, record: ImageRecord) -> np.ndarray:
-        props = self.proposal_cache.get_or_compute(record.path, self.cfg.proposals.method, **self.cfg.proposals.settings)
-        return props.boxes
+        return self.proposals(record).boxes
 
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
         image = load_image(record.path) if image is None else image
         found = detect_and_segment(self.model, image, self.proposal_boxes(record), self.cfg.test, self.device)
-        labels = np.asarray(self.category_ids, np.int64)[found.classes] if len(found.classes) else np.zeros(0, np.int64)
+        labels = self.labels_of(found.classes)
         return Instances(image.shape[:2], boxes=found.boxes, labels=labels, scores=found.scores,
                          masks=mask_ops.encode_many(found.masks))
 
-    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
-                        ) -> dict[int, Instances]:
-        return {r.image_id: self.predict(r)
-                for r in tqdm(list(records), desc="predict pdsl", disable=not progress, unit="img")}

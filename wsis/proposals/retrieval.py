@@ -2,10 +2,11 @@
 
 For every peak (its PRM ``R`` and class ``c``) and every proposal mask ``M``::
 
-    score = a * sum(R in M) + sum(R on contour(M)) - b * sum(background_c in M)
+    score = alpha * sum(R in M) + beta * sum(R on contour(M)) - gamma * sum(background_c in M)
 
 with ``contour`` the morphological gradient of width 5 and ``background_c`` the pixels whose class
-response is below ``f`` times its mean. Proposals covering more than 85% or less than 0.002% of the
+response is below ``f`` times its mean (the reference's ``balance_factor`` is alpha, its contour
+weight beta is 1, its ``penalty_factor`` is gamma). Proposals covering more than 85% or less than 0.002% of the
 image are skipped; each peak keeps its best proposal. Instances are then sorted by score and
 suppressed at mask IoU 0.3, the PRMs of suppressed instances being added to the kept one (the
 reference's ``instance_nms``, which ignores classes; ``class_aware_nms`` changes that).
@@ -24,15 +25,18 @@ import torch
 
 @dataclass
 class RetrievalConfig:
-    """Defaults are the reference implementation's (demo ``param=(0.95, 1e-5, 0.8)``)."""
+    """How proposals are scored against an instance's response map: PRM's rule here, SGPO's
+    (:class:`wsis.methods.mser_sgpo.sgpo.SGPOConfig` adds its saliency term) with the same weights and
+    limits. Defaults are PRM's reference implementation's (demo ``param=(0.95, 1e-5, 0.8)``)."""
 
-    balance_factor: float = 0.8  # a: weight of the PRM mass inside the proposal
-    penalty_factor: float = 1e-5  # b: weight of the background pixels inside the proposal
-    # The reference scores at 448 x 448, where b = 1e-5 weighs a full-image background at ~2 (the
-    # PRM mass is ~1). To keep that balance at any scoring resolution, b is rescaled by
-    # penalty_reference_area / (H * W); None applies b per pixel as the reference code does.
-    penalty_reference_area: int | None = 448 * 448
-    bg_threshold_factor: float = 0.95  # f: background = class response < f * mean response
+    alpha: float = 0.8  # weight of the PRM mass inside the proposal (the reference's balance_factor)
+    beta: float = 1.0  # weight of the PRM mass on the proposal's contour
+    gamma: float = 1e-5  # weight of the background pixels inside the proposal (penalty_factor)
+    # The reference scores at 448 x 448, where gamma = 1e-5 weighs a full-image background at ~2 (the
+    # PRM mass is ~1). To keep that balance at any scoring resolution, gamma is rescaled by
+    # gamma_reference_area / (H * W); None applies it per pixel as the reference code does.
+    gamma_reference_area: int | None = 448 * 448
+    bg_threshold_factor: float = 0.95  # f: background = class response < f * mean response (PRM's rule)
     contour_width: int = 5
     size_limit: tuple[float, float] = (0.00002, 0.85)  # fraction of the image area
     proposal_count: int | None = None  # the reference scores only the first 100; None = all
@@ -57,7 +61,7 @@ def background_maps(class_maps: np.ndarray, factor: float) -> np.ndarray:
     return (class_maps < factor * means[:, None, None]).astype(np.float32)
 
 
-def _chunked_products(maps: np.ndarray, masks: np.ndarray, chunk: int = 256) -> np.ndarray:
+def chunked_products(maps: np.ndarray, masks: np.ndarray, chunk: int = 256) -> np.ndarray:
     """sum over pixels of maps[k] * masks[p] for all k, p: (K, HW) @ (HW, P) without a full float
     copy of the masks (torch converts and multiplies on all cores)."""
     k = torch.from_numpy(np.ascontiguousarray(maps.reshape(len(maps), -1), dtype=np.float32))
@@ -88,19 +92,23 @@ def proposal_scores(
     if contours is None:
         contours = contour_masks(masks, cfg.contour_width)
     h, w = masks.shape[1:]
-    inside = _chunked_products(prms, masks)
-    on_contour = _chunked_products(prms, contours)
+    inside = chunked_products(prms, masks)
+    on_contour = chunked_products(prms, contours)
     classes, inverse = np.unique(peak_classes, return_inverse=True)
     bg = background_maps(class_maps[classes], cfg.bg_threshold_factor)
-    bg_inside = _chunked_products(bg, masks)[inverse]
-    penalty = cfg.penalty_factor
-    if cfg.penalty_reference_area is not None:
-        penalty *= cfg.penalty_reference_area / float(h * w)
-    scores = cfg.balance_factor * inside + on_contour - penalty * bg_inside
+    bg_inside = chunked_products(bg, masks)[inverse]
+    scores = cfg.alpha * inside + cfg.beta * on_contour - scaled_gamma(cfg, h, w) * bg_inside
     areas = masks.reshape(len(masks), -1).sum(axis=1)
     too_big_or_small = (areas >= cfg.size_limit[1] * h * w) | (areas < cfg.size_limit[0] * h * w)
     scores[:, too_big_or_small] = -np.inf
     return scores
+
+
+def scaled_gamma(cfg: RetrievalConfig, height: int, width: int) -> float:
+    """The background/class-irrelevant weight at a scoring resolution (see ``gamma_reference_area``)."""
+    if cfg.gamma_reference_area is None:
+        return cfg.gamma
+    return cfg.gamma * cfg.gamma_reference_area / float(height * width)
 
 
 def mask_iou_matrix(masks: np.ndarray) -> np.ndarray:

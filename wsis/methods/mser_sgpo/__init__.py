@@ -13,7 +13,7 @@ Training (Algorithm 1, multi-stage erasing refinement), for t = 1..T:
    and finished masks are not recomputed when a killed run is started again.
 
 Inference (EPRM + SGPO), per image:
-1. each of the T networks gives its peaks (class score >= ``prm.class_threshold``, at most
+1. each of the T networks gives its peaks (class score >= ``classifier.class_threshold``, at most
    ``max_peaks_per_class`` per class) and their PRMs. With batched peak backprop (``peak_backprop:
    batched``, or ``auto`` on CUDA) the T networks' weights are stacked and vmapped, so one forward
    pass serves all of them and each backward pass carries a peak of every network
@@ -27,13 +27,19 @@ Inference (EPRM + SGPO), per image:
    PRM of each later-stage peak to the nearest stage-1 peak of the same class within
    ``match_radius`` (fraction of the map side) and renormalises, unmatched peaks staying separate;
 3. scoring of the proposals (cached on disk) per representation: ``scoring="sgpo"`` (Eqs. 4-8,
-   :mod:`wsis.sgpo`) or ``scoring="prm"`` (PRM's retrieval, :mod:`wsis.retrieval`); each
+   :mod:`wsis.methods.mser_sgpo.sgpo`) or ``scoring="prm"`` (PRM's retrieval,
+   :mod:`wsis.proposals.retrieval`); each
    representation's class-aware term uses the class map of the network that produced it; best
    proposal per representation, then instance NMS with PRM merging.
 
 Ablation rows of the paper's Table 7: PRM = ``stages=1 scoring=prm``, PRM+MSER = ``stages=2
 scoring=prm``, PRM+SGPO = ``stages=1 scoring=sgpo``, PRM+MSER+SGPO = ``stages=2 scoring=sgpo``.
 A predictor trained with T stages also predicts with its first k (:meth:`MSERSGPOPredictor.variant`).
+
+Where each equation is (one hop from here): the PRM classifier of every stage: :mod:`wsis.methods.prm`
+and :mod:`wsis.cues.prm`; peaks: :mod:`wsis.cues.peaks`; PRMs: :mod:`wsis.cues.peak_backprop`;
+Eqs. 2-3 (thresholded PRMs, the erased image): :mod:`wsis.cues.erasing`; Eqs. 4-8 (SGPO's score):
+:mod:`wsis.methods.mser_sgpo.sgpo`; the saliency map of Eq. 8: :mod:`wsis.cues.saliency`.
 """
 from __future__ import annotations
 
@@ -51,22 +57,23 @@ import torch
 from tqdm import tqdm
 
 from wsis import masks as mask_ops
-from wsis.backbones import create_backbone
 from wsis.config import load_config, to_dict
 from wsis.cues.erasing import (EraseTransform, ErasingConfig, apply_erase, erase_mask, fill_value, load_mask,
                                save_mask)
 from wsis.cues.peak_backprop import peak_response_maps, stacked_peak_response_maps
-from wsis.cues.prm import PRMNet, peak_stimulation, prm_loss, prm_optimizer, top_peaks
+from wsis.cues.peaks import crm_peaks
+from wsis.cues.prm import PRMNet, prm_loss, prm_optimizer
 from wsis.cues.saliency import get_saliency
 from wsis.data.images import atomic_write, load_image
 from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer, pick_device
-from wsis.engine.checkpoint import save_checkpoint
 from wsis.errors import InputError
-from wsis.methods.prm import PRMMethodConfig, PRMPredictor, _resize_masks_nearest
-from wsis.methods.trained import META_FILE, MODEL_FILE, load_weights, read_trained, trained_categories
-from wsis.retrieval import retrieve
-from wsis.sgpo import SGPOConfig, sgpo_retrieve
+from wsis.methods.base import Predictor, register
+from wsis.methods.mser_sgpo.sgpo import SGPOConfig, sgpo_retrieve
+from wsis.methods.prm import PRMMethodConfig, PRMPredictor, build_model
+from wsis.methods.prm import migrate_config
+from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, save_weights, trained_categories
+from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
 
@@ -79,7 +86,24 @@ class MSERSGPOConfig(PRMMethodConfig):
     fusion: Literal["union", "match"] = "union"
     match_radius: float = 0.1
     scoring: Literal["sgpo", "prm"] = "sgpo"
-    sgpo: SGPOConfig = field(default_factory=SGPOConfig)
+    # one scoring config for both rules: PRM's weights, limits and NMS plus SGPO's saliency term
+    retrieval: SGPOConfig = field(default_factory=SGPOConfig)
+
+
+def migrate_mser_config(config: dict) -> dict:
+    """A ``method.json`` config of before the shared scoring config: PRM's keys migrated, and the old
+    ``sgpo`` section merged into ``retrieval`` (the section of the run's ``scoring`` winning where
+    both set a key)."""
+    config = migrate_config(config)
+    sgpo = config.pop("sgpo", None)
+    if isinstance(sgpo, dict):
+        retrieval = dict(config.get("retrieval") or {})
+        if config.get("scoring", "sgpo") == "sgpo":
+            retrieval.update(sgpo)
+        else:
+            retrieval = {**sgpo, **retrieval}
+        config["retrieval"] = retrieval
+    return config
 
 
 STAGE_FILE = "stage.json"
@@ -92,17 +116,15 @@ ERASE_SETTINGS = "settings.json"
 @torch.no_grad()
 def select_peaks(model: PRMNet, x: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig) -> torch.Tensor:
     """Peaks of one image (1, 3, S, S) whose class is ``allowed`` (C,) bool, or, when None, whose
-    class score is >= ``prm.class_threshold`` (inference)."""
+    class score is >= ``classifier.class_threshold`` (inference)."""
     return peaks_from_crm(model, model.crm(x), allowed, cfg)
 
 
 def peaks_from_crm(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig
                    ) -> torch.Tensor:
     """:func:`select_peaks` from an already computed upsampled CRM (1, C, h, w)."""
-    peaks, values = model.find_peaks(crm)
-    if allowed is None:
-        allowed = peak_stimulation(crm, model.win_size, model.peak_filter)[0] >= cfg.prm.class_threshold
-    return top_peaks(peaks, values, allowed.to(peaks.device), cfg.peak_threshold, cfg.max_peaks_per_class)
+    return crm_peaks(model, crm, allowed, cfg.classifier.class_threshold, cfg.peak_threshold,
+                     cfg.max_peaks_per_class)
 
 
 def _batched(cfg: MSERSGPOConfig, device: torch.device) -> bool:
@@ -131,17 +153,17 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
         if t < cfg.stages:
             masks = erase_stage(model, recs, category_ids, cfg, stage_dir, masks)
     meta = {"method": "mser_sgpo", "config": to_dict(cfg), "category_ids": category_ids,
-            "categories": {str(k): v for k, v in records.categories.items()},
-            "train_seconds_this_run": time.perf_counter() - started}
-    with atomic_write(workdir / META_FILE) as f:
-        json.dump(meta, f, indent=2)
+            "categories": {str(k): v for k, v in records.categories.items()}}
+    save_trained(workdir, None, meta, started)  # the weights are the stages' model.pt
     return MSERSGPOPredictor(models, cfg, category_ids, records.categories, workdir)
 
 
 def _stage_settings(cfg: MSERSGPOConfig, t: int, num_images: int) -> dict:
     """What a stage's network depends on; a finished stage is reused only if this matches."""
     plain = to_dict(cfg)
-    train = {k: plain[k] for k in ("backbone", "pretrained", "seed", "prm")}
+    # "prm": the classifier section's name when the first stages were trained (kept so that they match)
+    train = {"backbone": plain["backbone"], "pretrained": plain["pretrained"], "seed": plain["seed"],
+             "prm": plain["classifier"]}
     erased = None if t == 1 else {"erasing": to_dict(cfg.erasing), "peak_threshold": cfg.peak_threshold,
                                    "max_peaks_per_class": cfg.max_peaks_per_class}
     return {"stage": t, "images": num_images, "train": train, "erased_by_earlier_stages": erased}
@@ -161,12 +183,6 @@ def _check_settings(path: Path, settings: dict) -> None:
             json.dump(settings, f, indent=2)
 
 
-def build_model(cfg: MSERSGPOConfig, num_classes: int, pretrained: bool | str | None = None) -> PRMNet:
-    backbone = create_backbone(cfg.backbone, cfg.pretrained if pretrained is None else pretrained)
-    return PRMNet(backbone, num_classes, sub_pixel_factor=cfg.prm.sub_pixel_factor, win_size=cfg.prm.win_size,
-                  peak_filter=cfg.prm.peak_filter)
-
-
 def train_stage(recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOConfig, stage_dir: Path,
                 masks: list[Path | None], t: int) -> PRMNet:
     """Stage t's classifier on the images erased by ``masks`` (None = original); a finished stage loads."""
@@ -178,17 +194,17 @@ def train_stage(recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOC
     transform = None
     if any(m is not None for m in masks):
         transform = EraseTransform(masks, fill_value(cfg.erasing.fill, model.backbone.mean))
-    dataset = TagDataset(recs, category_ids, image_size=cfg.prm.image_size, train=cfg.prm.hflip,
+    dataset = TagDataset(recs, category_ids, image_size=cfg.classifier.image_size, train=cfg.classifier.hflip,
                          normalize=model.backbone.normalize, seed=cfg.seed, image_transform=transform)
 
     def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
         images, targets = batch
         return prm_loss(net(images), targets)
 
-    Trainer(model, prm_optimizer(model, cfg.prm), step_fn=step, workdir=stage_dir, epochs=cfg.prm.epochs,
-            device=cfg.device, seed=cfg.seed, batch_size=cfg.prm.batch_size, num_workers=cfg.num_workers,
+    Trainer(model, prm_optimizer(model, cfg.classifier), step_fn=step, workdir=stage_dir, epochs=cfg.classifier.epochs,
+            device=cfg.device, seed=cfg.seed, batch_size=cfg.classifier.batch_size, num_workers=cfg.num_workers,
             config={"method": "mser_sgpo", "stage": t, "config": to_dict(cfg)}).fit(dataset)
-    save_checkpoint(stage_dir / MODEL_FILE, {"model": model.state_dict()})
+    save_weights(stage_dir / MODEL_FILE, model)
     return model
 
 
@@ -213,7 +229,7 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
     erase_dir = stage_dir / ERASE_DIR
     _check_settings(erase_dir / ERASE_SETTINGS, {"erasing": to_dict(cfg.erasing), "peak_threshold": cfg.peak_threshold,
                                                  "max_peaks_per_class": cfg.max_peaks_per_class,
-                                                 "image_size": cfg.prm.image_size})
+                                                 "image_size": cfg.classifier.image_size})
     device = pick_device(cfg.device)
     model = model.to(device).eval()
     fill = fill_value(cfg.erasing.fill, model.backbone.mean)
@@ -221,7 +237,7 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
     out = [erase_dir / f"{r.image_id}.npz" for r in recs]
     todo = [i for i, p in enumerate(out) if not p.is_file()]
     for i in tqdm(todo, desc=f"erase {stage_dir.name}", unit="img", disable=not todo):
-        x = stage_image(recs[i], cfg.prm.image_size, masks[i], fill)
+        x = stage_image(recs[i], cfg.classifier.image_size, masks[i], fill)
         xn = model.backbone.normalize(x[None]).to(device)
         allowed = torch.zeros(len(category_ids), dtype=torch.bool)
         allowed[[column[c] for c in recs[i].tags if c in column]] = True
@@ -237,7 +253,7 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
 
 def load(workdir: str | Path) -> "MSERSGPOPredictor":
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, MSERSGPOConfig)
+    meta, cfg = read_trained(workdir, MSERSGPOConfig, migrate_mser_config)
     category_ids, categories = trained_categories(meta)
     models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids)) for t in range(1, cfg.stages + 1)]
     return MSERSGPOPredictor(models, cfg, category_ids, categories, workdir)
@@ -288,17 +304,15 @@ def fuse_representations(responses: Sequence[StageResponse], fusion: str, match_
     return out.astype(np.float32), out_index.astype(np.int64), class_maps
 
 
-class MSERSGPOPredictor:
+@register("mser_sgpo", MSERSGPOConfig)
+class MSERSGPOPredictor(Predictor):
     """The T stage classifiers plus EPRM fusion and proposal scoring."""
 
     def __init__(self, models: Sequence[PRMNet], cfg: MSERSGPOConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path) -> None:
-        self.base = PRMPredictor(models[0], cfg, category_ids, categories, Path(workdir))  # input, proposals
-        self.device = self.base.device
+        super().__init__(cfg, category_ids, categories, workdir)
+        self.base = PRMPredictor(models[0], cfg, category_ids, categories, Path(workdir))  # input preparation
         self.models = [m.to(self.device).eval() for m in models]
-        self.cfg = cfg
-        self.category_ids = category_ids
-        self.categories = categories
         self._saliency = None
 
     def variant(self, stages: int | None = None, scoring: str | None = None, fusion: str | None = None
@@ -315,7 +329,7 @@ class MSERSGPOPredictor:
     @property
     def saliency(self):
         if self._saliency is None:
-            self._saliency = get_saliency(self.cfg.sgpo.saliency)
+            self._saliency = get_saliency(self.cfg.retrieval.saliency)
         return self._saliency
 
     def stage_responses(self, x: torch.Tensor, skip: int = 0) -> list[StageResponse]:
@@ -341,28 +355,21 @@ class MSERSGPOPredictor:
         h, w = image.shape[:2]
         responses = list(responses)[: self.cfg.stages]
         prms, index, class_maps = fuse_representations(responses, self.cfg.fusion, self.cfg.match_radius)
-        props = self.base.proposals(record)
+        props = self.proposals(record)
         if len(prms) == 0 or len(props) == 0 or props.masks is None:
             return Instances((h, w), masks=[])
         s = prms.shape[-1]
-        small = _resize_masks_nearest(props.mask_array(), s, s)
+        small = mask_ops.resize_nearest(props.mask_array(), s, s)
         if self.cfg.scoring == "prm":
             found = retrieve(prms, index, class_maps, small, self.cfg.retrieval)
         else:
             sal = cv2.resize(self.saliency(image, record.path), (s, s), interpolation=cv2.INTER_LINEAR)
-            found = sgpo_retrieve(prms, index, class_maps, sal, small, self.cfg.sgpo)
+            found = sgpo_retrieve(prms, index, class_maps, sal, small, self.cfg.retrieval)
         chosen = [props.masks[i] for i in found.proposal_index]
-        num_classes = len(self.category_ids)
-        labels = np.asarray(self.category_ids)[found.peak_classes % num_classes] if chosen else np.zeros(0, np.int64)
+        labels = self.labels_of(found.peak_classes % len(self.category_ids))
         return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=found.scores, masks=chosen)
 
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
         image = load_image(record.path) if image is None else image
         return self.instances(record, image, self.stage_responses(self.base.prepare(image)))
 
-    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
-                        ) -> dict[int, Instances]:
-        out: dict[int, Instances] = {}
-        for record in tqdm(list(records), desc="predict mser_sgpo", disable=not progress, unit="img"):
-            out[record.image_id] = self.predict(record)
-        return out

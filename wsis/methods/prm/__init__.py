@@ -1,11 +1,19 @@
 """PRM (Zhou et al., CVPR 2018) as a method: train a peak-stimulated classifier on image tags, then
 for each image back-propagate its class peaks into peak response maps and retrieve, for each peak,
-the proposal that best fits its PRM (see :mod:`wsis.retrieval`).
+the proposal that best fits its PRM.
+
+Where each part of the paper is (one hop from here):
+
+* the classifier and peak stimulation (Eqs. 1-2, the class score as the mean at the peaks):
+  :mod:`wsis.cues.prm`; which peaks are kept: :mod:`wsis.cues.peaks`;
+* peak backpropagation into peak response maps (Section 3.3): :mod:`wsis.cues.peak_backprop`;
+* proposal retrieval (Eq. 10's score: PRM mass inside, on the contour, background penalty) and
+  instance NMS: :mod:`wsis.proposals.retrieval`; proposals: :mod:`wsis.proposals`.
 
 Inference, per image (the reference's ``PeakResponseMapping.forward`` + ``instance_seg``):
 1. the image is resized to ``image_size`` squared (as in training) and its upsampled CRMs computed;
-2. peaks of classes whose score (a logit) is >= ``class_threshold`` with a CRM value above
-   ``peak_threshold`` are kept (at most ``max_peaks_per_class`` per class, highest first) and all
+2. peaks of classes whose score (a logit) is >= ``classifier.class_threshold`` with a CRM value
+   above ``peak_threshold`` are kept (at most ``max_peaks_per_class`` per class, highest first) and all
    their PRMs computed in one batched backward pass;
 3. proposals are generated for the original image (cached on disk by image content), resized
    (nearest) to the PRM resolution for scoring, and each peak retrieves its best proposal;
@@ -19,34 +27,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wsis import masks as mask_ops
 from wsis.backbones import create_backbone
 from wsis.config import load_config, to_dict
 from wsis.cues.peak_backprop import peak_response_maps
-from wsis.cues.prm import PRMConfig, PRMNet, peak_stimulation, prm_loss, prm_optimizer, top_peaks
+from wsis.cues.peaks import crm_peaks
+from wsis.cues.prm import PRMConfig, PRMNet, prm_loss, prm_optimizer
 from wsis.data.images import load_image
 from wsis.data.torch_data import TagDataset, resize_square
-from wsis.engine import Trainer, pick_device
+from wsis.engine import Trainer
 from wsis.errors import InputError
+from wsis.methods.base import Predictor, register
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
-from wsis.proposals import Proposals
-from wsis.proposals.cache import ProposalCache
-from wsis.retrieval import RetrievalConfig, retrieve
+from wsis.proposals.config import ProposalConfig
+from wsis.proposals.retrieval import RetrievalConfig, retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
-
-
-@dataclass
-class ProposalConfig:
-    method: str = "superpixel"
-    settings: dict = field(default_factory=dict)
-    cache_dir: str | None = None  # default: <workdir>/proposals
-
 
 @dataclass
 class PRMMethodConfig:
@@ -55,7 +54,7 @@ class PRMMethodConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
-    prm: PRMConfig = field(default_factory=PRMConfig)
+    classifier: PRMConfig = field(default_factory=PRMConfig)
     # Peaks with CRM value above this get a PRM. The reference's 30 is on its ResNet-50 CRM scale;
     # other backbones' CRMs live on another scale, so the default keeps every positive peak and
     # bounds the count per class instead.
@@ -68,6 +67,27 @@ class PRMMethodConfig:
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(proposal_count=None))
 
 
+# retrieval keys before PRM's and SGPO's scoring shared one config
+RENAMED_SCORING_KEYS = {"balance_factor": "alpha", "penalty_factor": "gamma", "penalty_reference_area": "gamma_reference_area"}
+
+
+def migrate_config(config: dict) -> dict:
+    """A ``method.json`` config written before the classifier section was renamed (``prm`` ->
+    ``classifier``; its ``peak_threshold`` was never read and is dropped) and before the scoring keys
+    took SGPO's names (:data:`RENAMED_SCORING_KEYS`)."""
+    config = dict(config)
+    if "prm" in config and "classifier" not in config:
+        config["classifier"] = {k: v for k, v in config.pop("prm").items() if k != "peak_threshold"}
+    if isinstance(config.get("retrieval"), dict):
+        config["retrieval"] = {RENAMED_SCORING_KEYS.get(k, k): v for k, v in config["retrieval"].items()}
+    return config
+
+
+def build_model(cfg: PRMMethodConfig, num_classes: int, pretrained: bool | str | None = None) -> PRMNet:
+    """The classifier of ``cfg`` (its backbone with ``cfg.pretrained`` weights unless given)."""
+    backbone = create_backbone(cfg.backbone, cfg.pretrained if pretrained is None else pretrained)
+    return PRMNet(backbone, num_classes, sub_pixel_factor=cfg.classifier.sub_pixel_factor,
+                  win_size=cfg.classifier.win_size, peak_filter=cfg.classifier.peak_filter)
 
 
 def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
@@ -79,11 +99,9 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     if not any(r.tags for r in records):
         raise InputError(records.name or "dataset", "no image has tags: PRM trains on image-level labels")
     torch.manual_seed(cfg.seed)
-    backbone = create_backbone(cfg.backbone, cfg.pretrained)
-    model = PRMNet(backbone, len(category_ids), sub_pixel_factor=cfg.prm.sub_pixel_factor,
-                   win_size=cfg.prm.win_size, peak_filter=cfg.prm.peak_filter)
-    dataset = TagDataset(records.records, category_ids, image_size=cfg.prm.image_size,
-                         train=cfg.prm.hflip, normalize=backbone.normalize, seed=cfg.seed)
+    model = build_model(cfg, len(category_ids))
+    dataset = TagDataset(records.records, category_ids, image_size=cfg.classifier.image_size,
+                         train=cfg.classifier.hflip, normalize=model.backbone.normalize, seed=cfg.seed)
 
     def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
         images, targets = batch
@@ -92,8 +110,8 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     meta = {"method": "prm", "config": to_dict(cfg), "category_ids": category_ids,
             "categories": {str(k): v for k, v in records.categories.items()}}
     started = time.perf_counter()
-    Trainer(model, prm_optimizer(model, cfg.prm), step_fn=step, workdir=workdir, epochs=cfg.prm.epochs,
-            device=cfg.device, seed=cfg.seed, batch_size=cfg.prm.batch_size, num_workers=cfg.num_workers,
+    Trainer(model, prm_optimizer(model, cfg.classifier), step_fn=step, workdir=workdir, epochs=cfg.classifier.epochs,
+            device=cfg.device, seed=cfg.seed, batch_size=cfg.classifier.batch_size, num_workers=cfg.num_workers,
             config=meta).fit(dataset)
     save_trained(workdir, model, meta, started)
     return PRMPredictor(model, cfg, category_ids, records.categories, workdir)
@@ -101,32 +119,26 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 
 def load(workdir: str | Path) -> "PRMPredictor":
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, PRMMethodConfig)
+    meta, cfg = read_trained(workdir, PRMMethodConfig, migrate_config)
     category_ids, categories = trained_categories(meta)
-    backbone = create_backbone(cfg.backbone, pretrained=False)
-    model = PRMNet(backbone, len(category_ids), sub_pixel_factor=cfg.prm.sub_pixel_factor,
-                   win_size=cfg.prm.win_size, peak_filter=cfg.prm.peak_filter)
+    model = build_model(cfg, len(category_ids), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
     return PRMPredictor(model, cfg, category_ids, categories, workdir)
 
 
-class PRMPredictor:
+@register("prm", PRMMethodConfig)
+class PRMPredictor(Predictor):
     """A trained PRM classifier plus the retrieval stage."""
 
     def __init__(self, model: PRMNet, cfg: PRMMethodConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path) -> None:
-        self.device = pick_device(cfg.device)
+        super().__init__(cfg, category_ids, categories, workdir)
         self.model = model.to(self.device).eval()
-        self.cfg = cfg
-        self.category_ids = category_ids
-        self.categories = categories
-        cache_dir = Path(cfg.proposals.cache_dir) if cfg.proposals.cache_dir else workdir / "proposals"
-        self.proposal_cache = ProposalCache(cache_dir)
 
     # -- stages ------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> normalised (1, 3, S, S) tensor at the training resolution."""
-        x = resize_square(image, self.cfg.prm.image_size)
+        x = resize_square(image, self.cfg.classifier.image_size)
         return self.model.backbone.normalize(x[None]).to(self.device)
 
     def peak_responses(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,21 +150,10 @@ class PRMPredictor:
         class_maps = F.interpolate(crm[None], size=size, mode="bicubic", align_corners=False)[0]
         return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy()
 
-    @torch.no_grad()
     def _select_peaks(self, crm: torch.Tensor) -> torch.Tensor:
         """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2."""
-        scores = peak_stimulation(crm, self.model.win_size, self.model.peak_filter)[0]
-        peaks, values = self.model.find_peaks(crm)
-        return top_peaks(peaks, values, scores >= self.cfg.prm.class_threshold, self.peak_threshold,
+        return crm_peaks(self.model, crm, None, self.cfg.classifier.class_threshold, self.cfg.peak_threshold,
                          self.cfg.max_peaks_per_class)
-
-    @property
-    def peak_threshold(self) -> float:
-        return self.cfg.peak_threshold
-
-    def proposals(self, record: ImageRecord) -> Proposals:
-        return self.proposal_cache.get_or_compute(record.path, self.cfg.proposals.method,
-                                                  **self.cfg.proposals.settings)
 
     # -- prediction --------------------------------------------------------------------------
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
@@ -165,25 +166,10 @@ class PRMPredictor:
             return Instances((h, w), masks=[])
         masks = props.mask_array()
         s = x.shape[-1]
-        small = _resize_masks_nearest(masks, s, s)
+        small = mask_ops.resize_nearest(masks, s, s)
         found = retrieve(prms, classes, class_maps, small, self.cfg.retrieval)
         chosen = [props.masks[i] for i in found.proposal_index]
-        labels = np.asarray(self.category_ids)[found.peak_classes] if len(chosen) else np.zeros(0, np.int64)
+        labels = self.labels_of(found.peak_classes)
         return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=found.scores,
                          masks=chosen)
 
-    def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
-                        ) -> dict[int, Instances]:
-        out: dict[int, Instances] = {}
-        for record in tqdm(list(records), desc="predict prm", disable=not progress, unit="img"):
-            out[record.image_id] = self.predict(record)
-        return out
-
-
-def _resize_masks_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(N, H, W) bool -> (N, height, width), nearest neighbour at pixel centres (OpenCV's
-    INTER_NEAREST_EXACT: source index floor((i + 0.5) * H / height)), one mask at a time."""
-    out = np.empty((len(masks), height, width), dtype=bool)
-    for i, m in enumerate(np.ascontiguousarray(masks).view(np.uint8)):
-        out[i] = cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST_EXACT).view(bool)
-    return out

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from wsis import masks as mask_ops
+from wsis.cues.peaks import select_peak_indices
 from wsis.data.coco import write_coco_gt
 from wsis.data.images import atomic_write, load_image
 from wsis.errors import InputError
@@ -191,22 +192,6 @@ def pseudo_instances(cands: PeakCandidates, mode: SampleMode = "sample", seed: i
 
 # ---------------------------------------------------------------- peaks of a trained PRM
 
-def select_peaks(peaks: np.ndarray, values: np.ndarray, tagged: Sequence[int], threshold: float,
-                 max_per_class: int) -> np.ndarray:
-    """Indices of the kept peaks (rules in the module docstring); ``peaks`` rows are (class, y, x)
-    with class a channel index, ``tagged`` the channel indices of the image's tags."""
-    peaks, values = np.asarray(peaks).reshape(-1, 3), np.asarray(values, np.float64)
-    keep: list[np.ndarray] = []
-    for c in sorted(set(int(t) for t in tagged)):
-        idx = np.flatnonzero(peaks[:, 0] == c)
-        if len(idx) == 0:
-            continue
-        idx = idx[np.argsort(-values[idx], kind="stable")]
-        above = idx[values[idx] > threshold][:max_per_class]
-        keep.append(above if len(above) else idx[:1])
-    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
-
-
 class PseudoLabeler:
     """Candidate sets of training images from a trained PRM predictor and a proposal method."""
 
@@ -225,9 +210,11 @@ class PseudoLabeler:
         model = self.predictor.model
         crm = model.crm(self.predictor.prepare(image))
         found, values = model.find_peaks(crm)
+        tagged = torch.zeros(crm.shape[1], dtype=torch.bool)
+        tagged[[self._channel[t] for t in record.tags if t in self._channel]] = True
+        keep = select_peak_indices(found[:, 1], values, tagged, self.cfg.peak_threshold,
+                                   self.cfg.max_peaks_per_class, keep_strongest=True).cpu().numpy()
         found, values = found[:, 1:].cpu().numpy(), values.cpu().numpy()
-        tagged = [self._channel[t] for t in record.tags if t in self._channel]
-        keep = select_peaks(found, values, tagged, self.cfg.peak_threshold, self.cfg.max_peaks_per_class)
         up = tuple(crm.shape[-2:])
         raw = (up[0] // model.sub_pixel_factor, up[1] // model.sub_pixel_factor)
         points = peak_to_image(found[keep, 1:], up, raw, image.shape[:2])

@@ -22,9 +22,9 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import batched_nms
 
 from wsis.detectors.wsddn import decode_boxes
-from wsis.pdsl.config import PDSLTestConfig
-from wsis.pdsl.data import flip_boxes, resize_image, resize_scale
-from wsis.pdsl.model import PDSLNet, pad_images
+from wsis.methods.pdsl.config import PDSLTestConfig
+from wsis.methods.pdsl.data import flip_boxes, resize_image, resize_scale
+from wsis.methods.pdsl.model import PDSLNet, pad_images
 
 
 @dataclass

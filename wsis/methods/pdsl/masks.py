@@ -29,7 +29,7 @@ the paper is silent: background RoIs (t_p = 0) have no class channel and contrib
 flow into both branches (the loss is meant to make each guide the other); with n^r = 0 the
 detection activation is WSDDN's S^0 divided by its maximum over the image's proposals for that
 class, because raw S^0 sums to at most 1 over thousands of proposals. ``loss.correlation_target:
-relative`` divides S^{n^r} the same way (:func:`wsis.pdsl.model.relative_to_best`), for schedules
+relative`` divides S^{n^r} the same way (:func:`wsis.methods.pdsl.model.relative_to_best`), for schedules
 too short for the refinement heads to become confident: the paper's raw score then holds every
 class-specific mask under the 0.5 cut (``benchmarks/results/pdsl.md``).
 

@@ -8,7 +8,8 @@ mask ``OP`` with contour ``CP``::
           + gamma * -sum(F_c^r * OP)         class-aware      (Eq. 7)
           + omega * sum(E * Sm * OP)         saliency-aware   (Eq. 8)
 
-``CP`` is the morphological gradient of width 5 and the size limits are PRM's (:mod:`wsis.retrieval`);
+``CP`` is the morphological gradient of width 5 and the weights and size limits are PRM's (one
+config: :class:`wsis.proposals.retrieval.RetrievalConfig`, which this module's config extends);
 each term is one chunked matrix product of flattened maps and masks. Each representation keeps its
 best proposal; instance NMS (IoU 0.3, PRMs of suppressed instances merged into the kept one) then
 merges the proposals that different representations -- e.g. different parts found by different
@@ -43,29 +44,21 @@ from typing import Literal
 
 import numpy as np
 
-from wsis.retrieval import Retrieved, _chunked_products, contour_masks, select_instances
+from wsis.proposals.retrieval import (RetrievalConfig, Retrieved, chunked_products, contour_masks, scaled_gamma,
+                                      select_instances)
 
 ClassIrrelevant = Literal["gap", "literal", "binary"]
 
 
 @dataclass
-class SGPOConfig:
-    """Eq. 4's weights and the retrieval settings shared with PRM (see the module docstring)."""
+class SGPOConfig(RetrievalConfig):
+    """Eq. 4's weights: alpha (instance-aware), beta (boundary-aware) and gamma (class-aware, rescaled
+    by ``gamma_reference_area`` as PRM's penalty), with PRM's contour width, size limits and NMS (all
+    from :class:`~wsis.proposals.retrieval.RetrievalConfig`), plus the saliency-aware term's."""
 
-    alpha: float = 0.8  # instance-aware
-    beta: float = 1.0  # boundary-aware
-    gamma: float = 1e-5  # class-aware
-    # As PRM's penalty (wsis.retrieval): gamma is per pixel at 448 x 448 and rescaled by
-    # reference_area / (H * W) at another scoring resolution; None applies it per pixel as given.
-    gamma_reference_area: int | None = 448 * 448
     omega: float = 1.0  # saliency-aware
     class_irrelevant: ClassIrrelevant = "gap"
     saliency: str = "spectral_residual"  # spectral_residual, fine_grained, or a folder of maps (R3Net)
-    contour_width: int = 5
-    size_limit: tuple[float, float] = (0.00002, 0.85)  # fraction of the image area
-    nms_threshold: float | None = 0.3
-    merge_peak_response: bool = True
-    class_aware_nms: bool = False
 
 
 def class_irrelevant_maps(class_maps: np.ndarray, mode: ClassIrrelevant = "gap") -> np.ndarray:
@@ -95,10 +88,10 @@ def sgpo_terms(prms: np.ndarray, peak_classes: np.ndarray, class_maps: np.ndarra
     classes, inverse = np.unique(peak_classes, return_inverse=True)
     irrelevant = class_irrelevant_maps(class_maps[classes], mode)
     return {
-        "ins": _chunked_products(prms, masks),
-        "bou": _chunked_products(prms, contours),
-        "cla": -_chunked_products(irrelevant, masks)[inverse],
-        "sal": _chunked_products(prms * saliency[None].astype(np.float32), masks),
+        "ins": chunked_products(prms, masks),
+        "bou": chunked_products(prms, contours),
+        "cla": -chunked_products(irrelevant, masks)[inverse],
+        "sal": chunked_products(prms * saliency[None].astype(np.float32), masks),
     }
 
 
@@ -115,9 +108,7 @@ def sgpo_scores(prms: np.ndarray, peak_classes: np.ndarray, class_maps: np.ndarr
     if contours is None:
         contours = contour_masks(masks, cfg.contour_width)
     t = sgpo_terms(prms, peak_classes, class_maps, saliency, masks, contours, cfg.class_irrelevant)
-    gamma = cfg.gamma
-    if cfg.gamma_reference_area is not None:
-        gamma *= cfg.gamma_reference_area / float(masks.shape[1] * masks.shape[2])
+    gamma = scaled_gamma(cfg, masks.shape[1], masks.shape[2])
     scores = cfg.alpha * t["ins"] + cfg.beta * t["bou"] + gamma * t["cla"] + cfg.omega * t["sal"]
     scores[:, size_filter(masks, cfg.size_limit)] = -np.inf
     return scores

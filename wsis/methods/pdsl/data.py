@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from wsis.data.images import load_image
 from wsis.data.torch_data import tag_targets
-from wsis.pdsl.config import PDSLAugmentConfig
+from wsis.methods.pdsl.config import PDSLAugmentConfig
 from wsis.proposals.cache import ProposalCache
 from wsis.structures import ImageRecord
 
@@ -137,7 +137,7 @@ class PDSLDataset(Dataset):
 
 def collate(items: Sequence[dict]) -> dict:
     """Images padded into one batch; proposals stay per-image lists."""
-    from wsis.pdsl.model import pad_images
+    from wsis.methods.pdsl.model import pad_images
 
     return {"images": pad_images([it["image"] for it in items]),
             "boxes": [it["boxes"] for it in items], "orig_boxes": [it["orig_boxes"] for it in items],

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wsis.methods.maskrcnn import ScheduleConfig
-from wsis.methods.prm import ProposalConfig
+from wsis.engine.schedule import ScheduleConfig
+from wsis.proposals.config import ProposalConfig
 
 
 @dataclass
@@ -80,7 +80,7 @@ class GrabCutConfig:
 
 @dataclass
 class PDSLScheduleConfig(ScheduleConfig):
-    """The shared iteration schedule (:mod:`wsis.methods.maskrcnn`) plus learning-rate multipliers for
+    """The shared iteration schedule (:mod:`wsis.engine.schedule`) plus learning-rate multipliers for
     the backbone and the segmentation branch (the paper trains everything at one rate: 1 and 1).
 
     ``grad_clip`` (ours; the paper does not clip) applies per optimizer group, i.e. per branch, when

@@ -1,0 +1,206 @@
+"""No dead config keys: every field a method's config accepts is read when the method trains and
+predicts (a key that is accepted but never read silently does nothing), and no field name repeats
+at two levels of one method's config (``prm.prm.epochs``, ``peak_threshold`` beside
+``classifier.peak_threshold``: which one counts?)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from wsis.methods import METHODS, get_method
+
+torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- reads of a config, recorded
+
+class _Reads:
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.paused = 0
+
+
+def _fields(cls: type) -> dict[str, typing.Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _dataclass_type(tp: typing.Any) -> type | None:
+    """The dataclass in a field's type (``X``, ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def all_fields(cls: type, prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf field of a config class."""
+    out = []
+    for name, tp in _fields(cls).items():
+        sub = _dataclass_type(tp)
+        out += all_fields(sub, f"{prefix}{name}.") if sub else [prefix + name]
+    return out
+
+
+def _track(obj: typing.Any, reads: _Reads, prefix: str = "") -> typing.Any:
+    """``obj`` (a config dataclass) made to record ``reads`` of its fields, nested ones included."""
+    cls = type(obj)
+    names = {f.name for f in dataclasses.fields(cls)}
+
+    def getattribute(self, name):
+        value = object.__getattribute__(self, name)
+        if name in names and not reads.paused and not dataclasses.is_dataclass(value):
+            reads.paths.add(prefix + name)
+        return value
+
+    obj.__class__ = type(cls.__name__, (cls,), {"__getattribute__": getattribute})
+    for name in names:
+        value = object.__getattribute__(obj, name)
+        if dataclasses.is_dataclass(value):
+            _track(value, reads, f"{prefix}{name}.")
+    return obj
+
+
+@contextmanager
+def recording(monkeypatch, module, reads: _Reads):
+    """``module.load_config`` returns recorded configs; copying a whole config (``asdict`` for
+    ``method.json``, ``replace``) is not a read."""
+    load = module.load_config
+
+    def tracked_load(*args, **kwargs):
+        return _track(load(*args, **kwargs), reads)
+
+    def paused(fn):
+        def call(*args, **kwargs):
+            reads.paused += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                reads.paused -= 1
+        return call
+
+    monkeypatch.setattr(module, "load_config", tracked_load)
+    monkeypatch.setattr(dataclasses, "asdict", paused(dataclasses.asdict))
+    monkeypatch.setattr(dataclasses, "replace", paused(dataclasses.replace))
+    yield
+
+
+def _scenes(tmp_path, n=4):
+    from wsis.data.synthetic import make_scenes
+
+    return make_scenes(tmp_path / "data", num_images=n, seed=3, image_size=(64, 64))
+
+
+# Tiny, fast settings; every peak kept so that the scoring stage runs.
+PRM_TINY = ["backbone=tf_efficientnet_lite0", "pretrained=false", "classifier.epochs=1", "classifier.image_size=64",
+            "classifier.batch_size=4", "classifier.sub_pixel_factor=2", "classifier.class_threshold=-1000000000.0",
+            "peak_threshold=-1000000000.0", "max_peaks_per_class=2", "device=cpu", "proposals.method=superpixel"]
+
+
+def _assert_all_read(cls: type, reads: _Reads, unused_by_design: set[str] = frozenset()) -> None:
+    dead = sorted(set(all_fields(cls)) - reads.paths - set(unused_by_design))
+    assert not dead, f"{cls.__name__} accepts config keys that are never read: {', '.join(dead)}"
+
+
+@pytest.mark.slow  # ~20 s on the shared 2-core machine
+def test_every_prm_key_is_read(tmp_path, monkeypatch):
+    import wsis.methods.prm as prm
+
+    reads = _Reads()
+    records = _scenes(tmp_path)
+    with recording(monkeypatch, prm, reads):
+        predictor = prm.fit(records, overrides=PRM_TINY, workdir=tmp_path / "run")
+        predictor.predict_records(records, progress=False)
+    _assert_all_read(prm.PRMMethodConfig, reads)
+
+
+@pytest.mark.slow  # ~40 s on the shared 2-core machine
+@pytest.mark.parametrize("scoring", ["sgpo", "prm"])
+def test_every_mser_sgpo_key_is_read(tmp_path, monkeypatch, scoring):
+    import wsis.methods.mser_sgpo as mser
+
+    reads = _Reads()
+    records = _scenes(tmp_path)
+    overrides = PRM_TINY + ["stages=2", f"scoring={scoring}", "fusion=match"]
+    with recording(monkeypatch, mser, reads):
+        predictor = mser.fit(records, overrides=overrides, workdir=tmp_path / "run")
+        predictor.predict_records(records, progress=False)
+    # each scoring rule reads its own part of the one scoring config; the two runs together read all
+    only = {"sgpo": {"retrieval.bg_threshold_factor", "retrieval.proposal_count"},
+            "prm": {"retrieval.omega", "retrieval.class_irrelevant", "retrieval.saliency"}}
+    _assert_all_read(mser.MSERSGPOConfig, reads, only[scoring])
+
+
+# ---------------------------------------------------------------- one name, one level
+
+def _config_class(name: str) -> type:
+    from wsis.methods.base import REGISTRY
+
+    get_method(name)
+    return REGISTRY[name].config_class
+
+
+def _parent(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def _encloses(outer: str, inner: str) -> bool:
+    return outer != inner and (outer == "" or inner.startswith(outer + "."))
+
+
+def repeated_names(cls: type) -> dict[str, list[str]]:
+    """Field (or section) names that occur both in a section and in a section nested in it (the root
+    included) -> their dotted paths: ``prm.prm``, ``device`` beside ``prm.device``."""
+    where: dict[str, list[str]] = {}
+    for path in all_fields(cls) + _section_paths(cls):
+        where.setdefault(path.rsplit(".", 1)[-1], []).append(path)
+    return {n: sorted(p) for n, p in where.items()
+            if any(_encloses(_parent(a), _parent(b)) for a in p for b in p)}
+
+
+def _section_paths(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    for name, tp in _fields(cls).items():
+        sub = _dataclass_type(tp)
+        if sub:
+            out += [prefix + name] + _section_paths(sub, f"{prefix}{name}.")
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_no_field_name_at_two_levels(name):
+    repeats = repeated_names(_config_class(name))
+    assert not repeats, f"{name}: field names at two levels: {repeats}"
+
+
+@dataclasses.dataclass
+class _Inner:
+    epochs: int = 1
+
+
+@dataclasses.dataclass
+class _Other:
+    epochs: int = 3
+
+
+@dataclasses.dataclass
+class _Outer:
+    epochs: int = 2
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+@dataclasses.dataclass
+class _Siblings:
+    a: _Inner = dataclasses.field(default_factory=_Inner)
+    b: _Other = dataclasses.field(default_factory=_Other)
+
+
+def test_repeat_check_catches_a_nested_copy_and_allows_siblings():
+    assert repeated_names(_Outer) == {"epochs": ["epochs", "inner.epochs"]}
+    assert repeated_names(_Siblings) == {}  # a.epochs and b.epochs: two sections, each its own

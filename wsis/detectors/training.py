@@ -1,0 +1,50 @@
+"""Training Mask R-CNN on any per-image instances (ground truth, WISE's pseudo masks, ...) with the
+shared :class:`~wsis.engine.Trainer` and the iteration schedule of :mod:`wsis.engine.schedule`.
+
+The schedule is given in iterations as in the papers (``schedule.iterations`` steps of
+``schedule.batch_size`` images); the Trainer runs whole epochs, so training runs
+``ceil(iterations / steps_per_epoch)`` epochs, i.e. up to one epoch more than the iterations asked
+for (the log and ``method.json`` say how many steps ran). The learning rate is stepped per iteration
+(linear warm-up, then x0.1 at each of ``lr_steps``).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsis.detectors.maskrcnn import (InstanceDataset, InstancesFn, LabelMap, build_maskrcnn, collate,
+                                     detector_optimizer, maskrcnn_step)
+from wsis.engine import Trainer
+from wsis.engine.schedule import lr_factor
+from wsis.errors import InputError
+from wsis.structures import RecordSet
+
+
+def train_detector(records: RecordSet, instances_fn: InstancesFn, cfg: Any, workdir: Path,
+                   meta: dict[str, Any]) -> tuple[torch.nn.Module, LabelMap]:
+    """Mask R-CNN trained on ``instances_fn(record, epoch)`` for every record. ``cfg`` has the
+    ``detector``, ``schedule``, ``augment``, ``seed``, ``device`` and ``num_workers`` of a detector
+    method's config; ``meta`` (the checkpoint's run description) gets ``epochs`` and ``steps``."""
+    if len(records) == 0:
+        raise InputError(records.name or "dataset", "no training images")
+    labels = LabelMap(sorted(records.categories))
+    torch.manual_seed(cfg.seed)
+    model = build_maskrcnn(cfg.detector, len(labels))
+    dataset = InstanceDataset(records.records, instances_fn, labels, cfg.augment, seed=cfg.seed)
+    sched = cfg.schedule
+    steps_per_epoch = math.ceil(len(dataset) / sched.batch_size)
+    epochs = math.ceil(sched.iterations / steps_per_epoch)
+    optimizer = detector_optimizer(model, sched.lr, sched.momentum, sched.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
+    meta.update(epochs=epochs, steps=epochs * steps_per_epoch)
+    Trainer(model, optimizer, step_fn=maskrcnn_step, scheduler=scheduler, scheduler_interval="step",
+            workdir=workdir, epochs=epochs, device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
+            num_workers=cfg.num_workers, collate_fn=collate, log_every=sched.log_every, grad_clip=sched.grad_clip,
+            checkpoint_every=sched.checkpoint_every, config=meta,
+            # under torchrun, a step whose images have no instance leaves the mask head out of the graph
+            find_unused_parameters=True).fit(dataset)
+    return model, labels
