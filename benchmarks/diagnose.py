@@ -33,13 +33,14 @@ import torch
 from common import ROOT, VAL_JSON, commit
 from wsis import masks as mask_ops
 from wsis.cues.peak_backprop import peak_response_maps
-from wsis.cues.prm import peak_stimulation, top_peaks
+from wsis.cues.peaks import select_peaks
+from wsis.cues.prm import peak_stimulation
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
 from wsis.eval.subsets import voc20_ids
 from wsis.eval.tags import tag_map, threshold_precision_recall
-from wsis.retrieval import proposal_scores, select_instances
+from wsis.proposals.retrieval import proposal_scores, select_instances
 from wsis.structures import Instances
 
 RESULTS = ROOT / "benchmarks/results/diagnose"
@@ -86,7 +87,7 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         holder["passed"] = passed
         peaks, values = pred.model.find_peaks(crm)
         allowed = torch.from_numpy(passed | gt_cols).to(crm.device)
-        return top_peaks(peaks, values, allowed, pred.peak_threshold, cfg.max_peaks_per_class)
+        return select_peaks(peaks, values, allowed, cfg.peak_threshold, cfg.max_peaks_per_class)
 
     batched = cfg.peak_backprop == "batched" or (cfg.peak_backprop == "auto" and pred.device.type == "cuda")
     peaks, prms, crm = peak_response_maps(pred.model, x, select=select, batched=batched)
@@ -114,9 +115,7 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         for kind in ("predicted", "oracle"):
             out["preds"][kind] = Instances((h, w), masks=[])
         return out
-    from wsis.methods.prm import _resize_masks_nearest
-
-    small = _resize_masks_nearest(props.mask_array(), s, s)
+    small = mask_ops.resize_nearest(props.mask_array(), s, s)
     scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.retrieval)
     for kind, cols in (("predicted", holder["passed"]), ("oracle", gt_cols)):
         sel = np.flatnonzero(cols[peaks_np[:, 1]])
@@ -231,10 +230,11 @@ def main() -> None:
     pred = load_predictor(args.workdir)
     if args.overrides:
         pred.cfg = _apply(pred.cfg, args.overrides)
+        pred.proposal_cache = pred.cfg.proposals.cache(args.workdir)
     if args.thresholds:
         thresholds = np.asarray(json.loads(args.thresholds.read_text())["thresholds"], float)
     else:
-        thresholds = np.full(len(pred.category_ids), pred.cfg.prm.class_threshold)
+        thresholds = np.asarray(pred.class_thresholds(), float)
     val = load_dataset(args.val)
     records = list(val)[: args.limit]
     started = time.perf_counter()

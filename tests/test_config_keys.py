@@ -117,6 +117,11 @@ def test_every_prm_key_is_read(tmp_path, monkeypatch):
     with recording(monkeypatch, prm, reads):
         predictor = prm.fit(records, overrides=PRM_TINY, workdir=tmp_path / "run")
         predictor.predict_records(records, progress=False)
+        # the frozen/cached-backbone path reads the fit.* keys (and not the backbone's schedule)
+        frozen = ["fit.frozen_backbone=true", "fit.class_prior=imagenet", "fit.thresholds=calibrated",
+                  "fit.head_epochs=1", "fit.calibration_folds=2", "fit.min_positives=1"]
+        predictor = prm.fit(records, overrides=PRM_TINY + frozen, workdir=tmp_path / "frozen")
+        predictor.predict_records(records, progress=False)
     _assert_all_read(prm.PRMMethodConfig, reads)
 
 

@@ -70,3 +70,14 @@ def test_class_layer_learns_which_channel_marks_each_class():
     layer2, _ = train_class_layer(feats[:1] * 0, targets[:1] * 0, 2, HeadConfig(epochs=1, lr=0.0), prior,
                                   sub_pixel_factor=1)
     assert torch.equal(layer2.weight[:, :, 0, 0], prior[0])
+
+
+def test_calibrated_thresholds_need_the_frozen_backbone():
+    import pytest
+
+    from wsis.errors import InputError
+    from wsis.methods.prm.frozen import FitConfig, check
+
+    check(FitConfig(frozen_backbone=True, thresholds="calibrated", class_prior="imagenet"))
+    with pytest.raises(InputError, match="frozen_backbone"):
+        check(FitConfig(thresholds="calibrated"))
