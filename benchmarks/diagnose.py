@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import ROOT, VAL_JSON, commit
+from common import ROOT, VAL_JSON, commit, peak_rss_mib
 from wsis import masks as mask_ops
 from wsis.cues.peak_backprop import peak_response_maps
 from wsis.cues.peaks import select_peaks
@@ -160,9 +160,13 @@ def summarise(per_image: list[dict], records, categories, cat_ids: np.ndarray, t
     gt_set = records
     for kind in ("predicted", "oracle"):
         preds = {r.image_id: p["preds"][kind] for r, p in zip(records, per_image)}
-        m = evaluate(gt_set, preds, subset=subset, coco=False)["voc"]
-        row[kind] = {"mAP_0.25": m["mAP"]["0.25"], "mAP_0.5": m["mAP"]["0.5"], "ABO": m["abo"],
+        full = evaluate(gt_set, preds, subset=subset, coco=kind == "predicted")
+        m = full["voc"]
+        row[kind] = {"mAP_0.25": m["mAP"]["0.25"], "mAP_0.5": m["mAP"]["0.5"], "mAP_0.7": m["mAP"]["0.7"],
+                     "mAP_0.75": m["mAP"]["0.75"], "ABO": m["abo"],
                      "n_pred": int(sum(len(v) for v in preds.values()))}
+        if kind == "predicted":
+            row[kind]["coco"] = {k: full["coco"].get(k) for k in ("AP", "AP50", "AP75")}
     best = np.concatenate([p["ceiling"]["best_iou"][np.isin(p["ceiling"]["labels"], list(keep_ids))]
                            for p in per_image])
     row["ceiling"] = {"ABO": float(best.mean()) if len(best) else 0.0,
@@ -238,16 +242,20 @@ def main() -> None:
     val = load_dataset(args.val)
     records = list(val)[: args.limit]
     started = time.perf_counter()
-    per_image = []
+    per_image, seconds = [], []
     for i, record in enumerate(records):
+        t0 = time.perf_counter()
         per_image.append(analyse_image(pred, record, thresholds))
+        seconds.append(time.perf_counter() - t0)
         print(f"  {i + 1}/{len(records)} image {record.image_id}: {time.perf_counter() - started:.0f} s", file=sys.stderr,
               flush=True)
     subset_gt = val.subset([r.image_id for r in records])
     cat_ids = np.asarray(pred.category_ids)
     row = {"command": "python benchmarks/diagnose.py " + " ".join(sys.argv[1:]), "commit": commit(),
            "workdir": str(args.workdir), "note": args.note, "seconds": time.perf_counter() - started,
-           "images": len(records)}
+           "images": len(records), "median_s_per_image": float(np.median(seconds)),
+           "peak_rss_mib": peak_rss_mib(),
+           "train_seconds": json.loads((args.workdir / "method.json").read_text()).get("train_seconds")}
     for subset in ("all80", "voc20"):
         row[subset] = summarise(per_image, subset_gt, val.categories, cat_ids, thresholds,
                                 None if subset == "all80" else "voc20")

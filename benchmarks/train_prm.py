@@ -18,7 +18,7 @@ from wsis.methods import prm as prm_method
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/prm_cpu.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/prm_photos_cpu.yaml")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
