@@ -67,6 +67,6 @@ def test_every_packaged_config_loads(path):
     from wsis.methods import METHODS, get_method  # noqa: F401
     from wsis.methods.base import REGISTRY
 
-    name = path.stem.removeprefix("demo_").removesuffix("_cpu")
+    name = path.stem.removeprefix("demo_").removesuffix("_cpu").removesuffix("_photos")  # prm_photos_cpu
     get_method(name)
     load_config(REGISTRY[name].config_class, path.name)  # by package name, from any folder
