@@ -216,7 +216,8 @@ def markdown(rows: dict) -> str:
     notes = [r.get("note") for r in rows.values() if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + [f"- **{n}**: {r['note']}" for n, r in rows.items() if r.get("note")]
-    return "\n".join(lines) + "\n"
+    reading = RESULTS.parent / "diagnose_reading.md"
+    return "\n".join(lines) + "\n" + ("\n" + reading.read_text() if reading.is_file() else "")
 
 
 def main() -> None:
