@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import ROOT, VAL_JSON, commit, peak_rss_mib
+
 from wsis import masks as mask_ops
 from wsis.cues.peak_backprop import peak_response_maps
 from wsis.cues.peaks import select_peaks

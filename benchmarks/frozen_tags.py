@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import ROOT, VAL_JSON, commit, load_train_set
+
 from wsis.backbones import create_backbone, imagenet_head
 from wsis.cues.calibration import kfold_indices
 from wsis.cues.class_prior import has_prior, imagenet_tag_scores, prior_class_weights

@@ -27,7 +27,14 @@ def main() -> None:
              "training images only (out-of-fold tag mAP, `train_prm.py`); nothing tuned on coco-val50. Each row's "
              "command: `diagnose.json` (`benchmarks/diagnose.py`; this table: `python benchmarks/prm_table.py`). "
              "s/img is the median of the diagnosis run, which back-propagates the peaks of the predicted *and* the "
-             "ground-truth classes (an upper bound of plain inference), proposals cached.", "",
+             "ground-truth classes (an upper bound of plain inference), proposals cached. train s is wall time on that "
+             "busy machine (the photos row: ~10 CPU minutes, almost all of it the 5 out-of-fold calibration fits). "
+             "The baseline row was trained by the since-removed driver prm_frozen.py; the same run today is "
+             "`python benchmarks/train_prm.py --config wsis/configs/prm_cpu.yaml --workdir runs/prm_frozen_l0 "
+             "fit.frozen_backbone=true fit.head_epochs=20`. Class prior on vs off at the same settings was not "
+             "rerun through PRM for lack of time; its effect on tags is in `frozen_tags.md` (linear probe, sheep "
+             "AP 18.4 -> 64.3 with Lite0, 39.3 -> 83.3 with Lite2; tag mAP 61.6 -> 67.2 / 61.8 -> 73.0). Stage by "
+             "stage: `diagnose.md`.", "",
              "| variant | classes | mAP^r@0.25 | @0.5 | @0.7 | @0.75 | ABO | COCO AP | AP50 | AP75 | train s | s/img | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 import torch
-
 from common import ROOT, load_train_set
+
 from wsis.methods import prm as prm_method
 
 

@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from wsis.cues.class_prior import (has_prior, imagenet_tag_scores, init_class_layer, prior_class_weights,
-                                   synset_table, synsets_for)
+from wsis.cues.class_prior import (
+    has_prior,
+    imagenet_tag_scores,
+    init_class_layer,
+    prior_class_weights,
+    synset_table,
+    synsets_for,
+)
 
 
 def test_table_covers_the_80_coco_classes_with_disjoint_known_synsets():

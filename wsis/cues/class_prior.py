@@ -20,9 +20,9 @@ so that the paper configuration keeps the paper's behaviour.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
