@@ -116,7 +116,7 @@ def training_signals(predictor: "pdsl.PDSLPredictor", workdir: Path, train, num_
     model.train()
     proposal_dir, grabcut_dir = cache_dirs(cfg, workdir)
     records = [r for r in train.records if r.tags]
-    data, _ = training_data(cfg, model, records, predictor.category_ids, ProposalCache(proposal_dir), grabcut_dir)
+    data, grabcut = training_data(cfg, model, records, predictor.category_ids, ProposalCache(proposal_dir), grabcut_dir)
     activations: list[torch.Tensor] = []
     original = pdsl_model.correlation_loss
 
@@ -130,7 +130,7 @@ def training_signals(predictor: "pdsl.PDSLPredictor", workdir: Path, train, num_
     try:
         for i in range(min(num_images, len(data))):
             model.zero_grad(set_to_none=True)
-            sum(model(collate([data[i]])).values()).backward()
+            sum(model(collate([data[i]]), grabcut.masks).values()).backward()
             for name, module in [*parts.items(), ("all", model)]:
                 grads = [p.grad for p in module.parameters() if p.grad is not None]
                 norms[name].append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])))
@@ -138,7 +138,6 @@ def training_signals(predictor: "pdsl.PDSLPredictor", workdir: Path, train, num_
     finally:
         pdsl_model.correlation_loss = original
         model.zero_grad(set_to_none=True)
-        model.seed_masks = None
     clip = cfg.schedule.grad_clip
     out = {"grad_norms": {k: {"median": statistics.median(v), "max": max(v)} for k, v in norms.items()},
            "global_clip_shrinks_masks": (float(np.mean([n > clip for n in norms["all"]])) if clip else None),

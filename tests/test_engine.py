@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from wsis.engine import EpochSampler, Trainer, load_checkpoint, save_checkpoint
+from wsis.engine import (Checkpointer, EpochSampler, GradClip, HookBase, LRScheduler, Trainer, load_checkpoint,
+                         save_checkpoint)
 from wsis.engine.checkpoint import capture_rng_state, restore_rng_state
 from wsis.errors import InputError
 
@@ -310,3 +311,211 @@ def test_worker_processes_see_the_epoch_and_seeded_rngs(tmp_path):
     assert torch.equal(a, b)  # worker RNGs are seeded from (seed, epoch), not from the clock
     assert a[:, 0].tolist() == [0] * 6 + [1] * 6
     assert sorted(a[:6, 1].tolist()) == list(range(6)) and sorted(a[6:, 1].tolist()) == list(range(6))
+
+
+# ---------------------------------------------------------------- iteration schedules and hooks
+
+class _Slope(nn.Module):
+    """loss = w whatever the batch: every SGD step at lr 0.1 lowers w by exactly 0.1."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch):
+        return self.w * 1.0
+
+
+def _epoch_lines(workdir):
+    lines = [json.loads(l) for l in (workdir / "log.jsonl").read_text().splitlines()]
+    return [l for l in lines if l["event"] == "epoch"]
+
+
+def test_iteration_schedule_runs_exactly_its_count_inside_the_last_epoch(tmp_path):
+    # 5 samples, batch 2: 3 steps per epoch (2 + 2 + 1); 7 iterations = 3 + 3 + 1 step of the third epoch
+    model = _Slope()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = []
+    opt.register_step_post_hook(lambda *_: steps.append(1))
+    Trainer(model, opt, step_fn=lambda m, b: m(b), workdir=tmp_path, iterations=7, batch_size=2, device="cpu",
+            progress=False).fit(TensorDataset(torch.zeros(5, 1)))
+    assert len(steps) == 7
+    assert model.w.item() == pytest.approx(-0.7)  # 7 steps of -0.1, not the 9 of three whole epochs
+    lines = _epoch_lines(tmp_path)
+    assert [l["step"] for l in lines] == [3, 6, 7] and [l["epoch"] for l in lines] == [1, 2, 3]
+    assert [l.get("partial", False) for l in lines] == [False, False, True]
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"], state["step"]) == (2, 1, 7)
+    # a finished schedule is not trained again
+    Trainer(model, opt, step_fn=lambda m, b: m(b), workdir=tmp_path, iterations=7, batch_size=2, device="cpu",
+            progress=False).fit(TensorDataset(torch.zeros(5, 1)))
+    assert len(steps) == 7
+
+
+def test_trainer_needs_exactly_one_of_epochs_and_iterations(tmp_path):
+    model = _line_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="epochs and iterations"):
+        Trainer(model, opt, loss_fn=nn.functional.mse_loss, workdir=tmp_path)
+    with pytest.raises(ValueError, match="epochs and iterations"):
+        Trainer(model, opt, loss_fn=nn.functional.mse_loss, workdir=tmp_path, epochs=1, iterations=3)
+
+
+class _Recorder(HookBase):
+    def __init__(self, calls, tag=""):
+        self.calls, self.tag = calls, tag
+
+    def _note(self, point, trainer):
+        self.calls.append(f"{self.tag}{point}@{trainer.epoch}.{trainer.step_in_epoch}")
+
+    def before_train(self, t): self._note("before_train", t)
+    def after_train(self, t): self._note("after_train", t)
+    def before_epoch(self, t): self._note("before_epoch", t)
+    def after_epoch(self, t): self._note("after_epoch", t)
+    def before_step(self, t): self._note("before_step", t)
+    def after_backward(self, t): self._note("after_backward", t)
+    def after_step(self, t): self._note("after_step", t)
+
+
+class _SaveSpy(Checkpointer):
+    def __init__(self, calls, **kw):
+        super().__init__(**kw)
+        self.calls = calls
+
+    def save(self, trainer, epoch, step_in_epoch):
+        self.calls.append(f"save {epoch}.{step_in_epoch}")
+        super().save(trainer, epoch, step_in_epoch)
+
+
+def test_hooks_are_called_in_loop_order_with_the_checkpointer_last(tmp_path):
+    calls = []
+    model = _Slope()
+    # given before the recorder, the checkpointer still runs after it
+    hooks = [_SaveSpy(calls, every=2), _Recorder(calls)]
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), step_fn=lambda m, b: m(b), workdir=tmp_path,
+            iterations=3, hooks=hooks, batch_size=1, device="cpu", progress=False).fit(TensorDataset(torch.zeros(2, 1)))
+    # 2 steps per epoch, 3 iterations; positions are (epoch, steps done in it) when the hook runs
+    assert calls == ["before_train@0.0",
+                     "before_epoch@0.0",
+                     "before_step@0.0", "after_backward@0.0", "after_step@0.1",
+                     "before_step@0.1", "after_backward@0.1", "after_step@0.2",
+                     "after_epoch@0.2", "save 1.0",  # step 2 ends the epoch: saved once, by after_epoch
+                     "before_epoch@1.0",
+                     "before_step@1.0", "after_backward@1.0", "after_step@1.1",
+                     "after_epoch@1.1", "save 1.1",  # the schedule ends inside epoch 2
+                     "after_train@1.1"]
+
+
+def test_grad_clip_hook_sees_gradients_before_the_step(tmp_path):
+    # _TwoParts has gradients (10, 0.5); per group each is clipped alone: a = 1 - 0.1*1, b = 1 - 0.1*0.5
+    model = _TwoParts()
+    opt = torch.optim.SGD([{"params": [model.a]}, {"params": [model.b]}], lr=0.1)
+    Trainer(model, opt, step_fn=lambda m, batch: m(batch), workdir=tmp_path, iterations=1, batch_size=1,
+            device="cpu", hooks=[GradClip(1.0, per_group=True)], progress=False).fit(TensorDataset(torch.zeros(1, 1)))
+    assert (model.a.item(), model.b.item()) == pytest.approx((0.9, 0.95), abs=1e-6)
+    with pytest.raises(ValueError):
+        GradClip(0.0)
+
+
+def test_epoch_scheduler_is_not_stepped_by_a_cut_epoch(tmp_path):
+    model = _Slope()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    # 2 steps per epoch, 3 iterations: one whole epoch at 0.1, then one step at 0.05
+    Trainer(model, opt, step_fn=lambda m, b: m(b), workdir=tmp_path, iterations=3, batch_size=1, device="cpu",
+            hooks=[LRScheduler(sched, interval="epoch")], progress=False).fit(TensorDataset(torch.zeros(2, 1)))
+    assert model.w.item() == pytest.approx(-0.25)
+    assert sched.last_epoch == 1 and load_checkpoint(tmp_path / "last.pt")["scheduler"]["last_epoch"] == 1
+
+
+class _StepCounter(HookBase):
+    """A stateful hook: its count is checkpointed under its own key and comes back on resume."""
+
+    state_key = "counter"
+
+    def __init__(self):
+        self.count = 0
+
+    def after_step(self, trainer):
+        self.count += 1
+
+    def state_dict(self):
+        return {"count": self.count}
+
+    def load_state_dict(self, state):
+        self.count = state["count"]
+
+
+def _train_iterations(workdir, iterations, init_seed=0, hooks=(), step_fn=None, **kw):
+    model, opt, sched, data = _toy_problem(init_seed)
+
+    def mse(m, batch):
+        x, y = batch
+        return nn.functional.mse_loss(m(x), y)
+
+    Trainer(model, opt, step_fn=step_fn or mse, workdir=workdir, iterations=iterations, seed=7, batch_size=4,
+            device="cpu", progress=False, hooks=[LRScheduler(sched, interval="step"), *hooks], **kw).fit(data)
+    return model
+
+
+def test_kill_and_resume_at_a_mid_epoch_iteration_is_bit_exact(tmp_path):
+    # 12 samples, batch 4: 3 steps per epoch; 8 iterations end at step 2 of epoch 3
+    full = _train_iterations(tmp_path / "full", 8)
+    calls = {"n": 0}
+
+    def crashing(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # killed in step 3 of epoch 2, after step 5 was checkpointed
+            raise KeyboardInterrupt
+        x, y = batch
+        return nn.functional.mse_loss(m(x), y)
+
+    counter = _StepCounter()
+    with pytest.raises(KeyboardInterrupt):
+        _train_iterations(tmp_path / "r", 8, step_fn=crashing, hooks=[counter], checkpoint_every=1)
+    state = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"], state["step"], state["counter"]) == (1, 2, 5, {"count": 5})
+    again = _StepCounter()
+    resumed = _train_iterations(tmp_path / "r", 8, init_seed=99, hooks=[again], checkpoint_every=1)
+    assert _same(full, resumed)
+    assert again.count == 8  # 5 restored + the 3 steps this run made
+    # the interrupted epoch is logged once, with the mean over all of its steps
+    full_lines, resumed_lines = _epoch_lines(tmp_path / "full"), _epoch_lines(tmp_path / "r")
+    assert [l["step"] for l in resumed_lines] == [3, 6, 8]
+    assert [l["loss"] for l in resumed_lines] == [l["loss"] for l in full_lines]
+
+
+def test_a_cut_schedule_extended_later_equals_one_run(tmp_path):
+    # 7 iterations stop at step 1 of epoch 3; asking for 8 then continues that epoch where it stopped
+    full = _train_iterations(tmp_path / "full", 8)
+    _train_iterations(tmp_path / "ext", 7)
+    extended = _train_iterations(tmp_path / "ext", 8, init_seed=99)
+    assert _same(full, extended)
+    lines = _epoch_lines(tmp_path / "ext")
+    assert [(l["step"], l.get("partial", False)) for l in lines] == [(3, False), (6, False), (7, True), (8, True)]
+    assert lines[-1]["loss"] == _epoch_lines(tmp_path / "full")[-1]["loss"]
+
+
+def test_a_checkpoint_of_the_trainer_before_hooks_resumes(tmp_path):
+    # the keys the flag-based Trainer wrote: the scheduler's and the epoch's running sums at top level
+    model = _Slope()
+    with torch.no_grad():
+        model.w.fill_(1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step(), sched.step()  # one step done: lr 0.05 (the step itself left w alone: no gradient)
+    save_checkpoint(tmp_path / "last.pt", {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "epoch": 0, "step_in_epoch": 1, "step": 1, "rng": [capture_rng_state()],
+        "running": {"loss": 3.0, "_count": 1.0, "_seconds": 0.5}, "config": {}, "seed": 0, "world_size": 1})
+    fresh = _Slope()
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    Trainer(fresh, opt2, step_fn=lambda m, b: m(b), scheduler=torch.optim.lr_scheduler.StepLR(opt2, 1, 0.5),
+            scheduler_interval="step", workdir=tmp_path, epochs=1, batch_size=1, shuffle=False, device="cpu",
+            progress=False).fit(TensorDataset(torch.zeros(2, 1)))
+    # the second step of epoch 1 at lr 0.05 on loss w = 1: w = 0.95; the epoch's loss is mean(3, 1)
+    assert fresh.w.item() == pytest.approx(0.95)
+    (line,) = _epoch_lines(tmp_path)
+    assert (line["step"], line["loss"], line["lr"]) == (2, pytest.approx(2.0), pytest.approx(0.05))
+    assert line["seconds"] >= 0.5
+    assert load_checkpoint(tmp_path / "last.pt")["scheduler"]["last_epoch"] == 2

@@ -67,6 +67,8 @@ def test_every_packaged_config_loads(path):
     from wsis.methods import METHODS, get_method  # noqa: F401
     from wsis.methods.base import REGISTRY
 
-    name = path.stem.removeprefix("demo_").removesuffix("_cpu").removesuffix("_photos")  # prm_photos_cpu
+    # METHOD.yaml, METHOD_VARIANT.yaml (cpu, small: ``--config VARIANT``) or demo_METHOD.yaml
+    stem = path.stem.removeprefix("demo_")
+    name = next(m for m in sorted(METHODS, key=len, reverse=True) if stem == m or stem.startswith(m + "_"))
     get_method(name)
     load_config(REGISTRY[name].config_class, path.name)  # by package name, from any folder

@@ -234,3 +234,35 @@ def test_cli_train_predict_evaluate(tmp_path, capsys):
     assert "mAP^r@0.5" in capsys.readouterr().out
     assert "corloc" in json.loads(out.read_text())["detection"]
     assert main(["train", "pdsl", *common, "--workdir", str(run), "loss.nseed=2"]) == 2
+
+
+def test_seed_masks_are_an_explicit_forward_argument_asked_for_the_batch_images(tmp_path):
+    from wsis.data.synthetic import make_scenes
+    from wsis.methods.pdsl.data import PDSLDataset, collate
+    from wsis.methods.pdsl.model import build_pdsl
+
+    cfg = load_config(PDSLMethodConfig, None, TINY)
+    records = make_scenes(tmp_path / "data", num_images=2, image_size=(80, 120), seed=1)
+    boxes = np.array([[0, 0, 120, 80], [10, 10, 50, 40], [60, 20, 110, 70]], np.float32)
+    ds = PDSLDataset(records.records, sorted(records.categories), lambda r: boxes, cfg.augment, lambda x: x.float(),
+                     seed=0)
+    model = build_pdsl(cfg.model, len(records.categories), cfg.loss, cfg.seed)
+    assert not hasattr(model, "seed_masks")  # no state set on the model from outside
+    batch = collate([ds[0], ds[1]])
+    asked = []
+
+    def provider(fill):
+        def seed_masks(path, seed_boxes):
+            asked.append((path, seed_boxes.copy()))
+            return np.full((len(seed_boxes), 80, 120), fill, bool)
+        return seed_masks
+
+    torch.manual_seed(0)
+    ones = model(batch, provider(True))
+    # every tagged image of the batch asks for its own seeds' masks, boxes among its proposals
+    assert sorted(p for p, _ in asked) == sorted(str(r.path) for r in records if r.tags)
+    assert all(len(b) and all(any(np.array_equal(x, y) for y in boxes) for x in b) for _, b in asked)
+    torch.manual_seed(0)
+    zeros = model(batch, provider(False))
+    assert ones["mil"].item() == zeros["mil"].item()  # the detection branch does not see the masks
+    assert ones["mask_agnostic"].item() != zeros["mask_agnostic"].item()  # the mask branch learns from them

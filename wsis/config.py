@@ -124,16 +124,37 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if path is not None:
         path = resolve_config(path)
         _merge(tree, read_yaml_config(path))
+    _apply(tree, overrides)
+    return _build(cls, tree, str(path) if path is not None else "command line")
+
+
+def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The dotted keys of ``key=value`` overrides (an item without ``=`` is an error)."""
+    keys = []
     for item in overrides:
         if "=" not in item:
             raise InputError("command line", f"override '{item}' is not of the form key=value")
-        key, raw = item.split("=", 1)
+        keys.append(item.split("=", 1)[0].strip())
+    return keys
+
+
+def _apply(tree: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    for key, item in zip(override_keys(overrides), overrides):
+        raw = item.split("=", 1)[1]
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key.strip(), value)
-    return _build(cls, tree, str(path) if path is not None else "command line")
+        _set_dotted(tree, key, value)
+
+
+def with_overrides(cfg: T, overrides: list[str] | tuple[str, ...], source: str = "command line") -> T:
+    """``cfg`` (a config dataclass) with ``key=value`` overrides applied, checked like any config."""
+    if not overrides:
+        return cfg
+    tree = to_dict(cfg)
+    _apply(tree, overrides)
+    return _build(type(cfg), tree, source)
 
 
 def resolve_config(path: str | Path, relative_to: Path | None = None) -> Path:
@@ -156,10 +177,16 @@ def read_yaml_config(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise InputError(path, f"malformed YAML: {str(e).splitlines()[0]}") from None
+        raise InputError(path, f"malformed YAML{_yaml_where(e)}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise InputError(path, "a config file must be a mapping of keys to values")
     return _expand_bases(data, path, seen + (path.resolve(),))
+
+
+def _yaml_where(error: yaml.YAMLError) -> str:
+    """`` at line L, column C`` of a YAML error (1-based), where the parser knows it."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
 
 def _expand_bases(node: dict, path: Path, seen: tuple[Path, ...]) -> dict:

@@ -16,3 +16,14 @@ class InputError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class InputWarning(UserWarning):
+    """Input that is usable but probably not what the user meant (a likely typo, partial coverage)."""
+
+
+def warn(message: str) -> None:
+    """Report suspicious input once per call; the CLI prints it as one ``wsis: warning:`` line."""
+    import warnings
+
+    warnings.warn(message, InputWarning, stacklevel=2)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import html
 import math
+import shutil
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -178,17 +181,45 @@ def write_overlays(
     Draws the ground truth (crowd regions left out) when ``predictions`` is None, else the
     predictions scoring at least ``score_threshold``; ``side_by_side`` puts both next to each other.
     Images smaller than 384 px are enlarged (nearest neighbour) so that labels stay readable.
+    The pages are written to a temporary folder that replaces ``out_dir`` only when every image
+    was drawn: an unreadable image leaves ``out_dir`` as it was.
     """
     if side_by_side and predictions is None:
         raise InputError("side_by_side", "needs predictions to compare with the ground truth")
     if max_images is not None and max_images < 1:
         raise InputError("max_images", f"must be at least 1, got {max_images}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, "exists and is not a folder")
+    with _folder_swap(out_dir) as tmp:
+        _write_pages(list(records)[:max_images], tmp, predictions, categories, score_threshold, side_by_side, progress)
+    return out_dir / "index.html"
+
+
+@contextmanager
+def _folder_swap(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` that replaces it in one rename when the body succeeds;
+    on failure it is removed and ``out_dir`` is left as it was (never half-written)."""
+    tag = uuid.uuid4().hex[:8]
+    tmp = out_dir.parent / f".{out_dir.name}.{tag}.tmp"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
     except OSError as e:
         raise InputError(out_dir, f"cannot create the output folder ({e.strerror})") from e
-    chosen = list(records)[:max_images]
+    try:
+        yield tmp
+        old = out_dir.parent / f".{out_dir.name}.{tag}.old"
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_pages(chosen: list[ImageRecord], out_dir: Path, predictions: dict[int, Instances] | None,
+                 categories: dict[int, str], score_threshold: float, side_by_side: bool, progress: bool) -> None:
     entries = []
     for record in tqdm(chosen, desc="overlays", unit="img", disable=not progress):
         image = load_image(record.path)
@@ -214,8 +245,6 @@ def write_overlays(
         shown = pred if pred is not None else gt
         names = sorted({categories.get(int(c), str(int(c))) for c in shown.labels})
         entries.append((png, record.file_name, len(shown), names))
-    index = out_dir / "index.html"
     title = "predictions" if predictions is not None else "ground truth"
-    with atomic_write(index) as f:
+    with atomic_write(out_dir / "index.html") as f:
         f.write(_index_html(entries, f"wsis overlays: {title}"))
-    return index

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def _xywh_to_xyxy(box: Any, path: Path, what: str) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def _guess_image_root(json_path: Path, first_file: str | None) -> Path:
+def _guess_image_root(json_path: Path, first_file: str | None, need_images: bool = True) -> Path:
     folder = json_path.parent
     stem = json_path.stem
     candidates = [folder, folder / "images"]  # the latter: what `wsis synth` and `wsis demo` write
@@ -93,6 +94,8 @@ def _guess_image_root(json_path: Path, first_file: str | None) -> Path:
     for candidate in candidates:
         if safe_join(candidate, first_file, json_path).is_file():
             return candidate
+    if not need_images:
+        return folder
     tried = ", ".join(str(c) for c in candidates)
     raise InputError(json_path, f"cannot find image {first_file!r} in {tried}; give the image folder explicitly")
 
@@ -130,11 +133,14 @@ def _image_instances(image: dict, anns: list[dict], path: Path) -> tuple[Instanc
     return gt, crowd, difficult
 
 
-def read_coco(annotation_json: str | Path, image_root: str | Path | None = None) -> RecordSet:
+def read_coco(annotation_json: str | Path, image_root: str | Path | None = None, *,
+              need_images: bool = True) -> RecordSet:
     """Read a COCO instances JSON (polygons, RLE, crowd) into a RecordSet with COCO's own ids.
 
     ``image_root`` defaults to ``<json dir>/../<name>`` for ``instances_<name>.json``, else the
-    JSON's folder. Crowd annotations are kept in ``gt`` with ``crowd=True`` and count as tags.
+    JSON's folder (or ``images/`` beside it). Crowd annotations are kept in ``gt`` with
+    ``crowd=True`` and count as tags. ``need_images=False``: images that cannot be found are not an
+    error (scoring needs only the json); the records then point into the json's folder.
     """
     path = Path(annotation_json)
     data = _load_json(path)
@@ -162,7 +168,7 @@ def read_coco(annotation_json: str | Path, image_root: str | Path | None = None)
             raise InputError(path, f"{what} has unknown category id {ann['category_id']}")
         by_image[int(ann["image_id"])].append(ann)
     first = str(data["images"][0]["file_name"]) if data["images"] else None
-    root = Path(image_root) if image_root is not None else _guess_image_root(path, first)
+    root = Path(image_root) if image_root is not None else _guess_image_root(path, first, need_images)
     records = []
     for image_id, image in images.items():
         h, w = int(image["height"]), int(image["width"])
@@ -219,24 +225,84 @@ def write_coco_gt(recordset: RecordSet, path: str | Path) -> None:
     _dump(data, Path(path))
 
 
-def write_coco_results(predictions: dict[int, Instances], path: str | Path) -> None:
-    """Write predictions as a COCO results list (image_id, category_id, score, bbox, segmentation)."""
+def write_coco_results(predictions: dict[int, Instances], path: str | Path,
+                       categories: Mapping[int, str] | None = None) -> None:
+    """Write predictions as a COCO results list (image_id, category_id, score, bbox, segmentation).
+
+    With ``categories`` every entry also carries ``category_name`` (ignored by pycocotools), so a
+    reader can tell ids of another dataset from its own and match classes by name.
+    """
     results = []
     for image_id in sorted(predictions):
         inst = predictions[image_id]
         rles = inst.rles() if inst.has_masks else None
         for i, box in enumerate(_xywh(inst.boxes)):
             entry = {"image_id": int(image_id), "category_id": int(inst.labels[i]), "score": float(inst.scores[i]), "bbox": box}
+            if categories is not None:
+                entry["category_name"] = categories[int(inst.labels[i])]
             if rles is not None:
                 entry["segmentation"] = rles[i]
             results.append(entry)
     _dump(results, Path(path))
 
 
-def read_coco_results(path: str | Path, gt: RecordSet) -> dict[int, Instances]:
-    """Read a COCO results list, validated against ``gt``; every gt image gets an entry.
+@dataclass
+class CocoResults:
+    """A results file read against a ground truth: ``predictions`` for every gt image (empty where
+    the file has none), the ids of the images it has results for, the names of the class ids in
+    ``predictions`` (the gt's; the results' own when the gt has no class list, e.g. a folder of
+    untagged photos), and a one-line ``note`` when the class ids came from another dataset and were
+    matched by name (else None)."""
+
+    predictions: dict[int, Instances]
+    image_ids: set[int]
+    categories: dict[int, str]
+    note: str | None = None
+
+
+def _named_ids(data: list, path: Path) -> dict[int, str] | None:
+    """``{category_id: category_name}`` of the results, None when they carry no names."""
+    named = [isinstance(r, dict) and "category_name" in r for r in data]
+    if not any(named):
+        return None
+    if not all(named):
+        raise InputError(path, "some results have a category_name and some do not")
+    table: dict[int, str] = {}
+    for k, r in enumerate(data):
+        cid = _int(r, "category_id", f"result {k}", path)
+        name = str(r["category_name"])
+        if table.setdefault(cid, name) != name:
+            raise InputError(path, f"result {k}: category id {cid} is named both {table[cid]!r} and {name!r}")
+    return table
+
+
+def match_categories(pred_names: Mapping[int, str] | None, gt: RecordSet, path: Path) -> tuple[dict[int, int], str | None]:
+    """Predicted category id -> gt category id, and a note when they were matched by name.
+
+    Ids are taken as they are when the results carry no names or every name agrees with the gt's
+    name for that id; otherwise every class is looked up by name, and a name the gt does not have
+    is an error (scoring would relabel it as whatever class the gt has under that id).
+    """
+    if pred_names is None or all(gt.categories.get(c) == n for c, n in pred_names.items()):
+        return {c: c for c in gt.categories}, None
+    by_name = {n: c for c, n in gt.categories.items()}
+    missing = sorted(n for n in pred_names.values() if n not in by_name)
+    if missing:
+        known = ", ".join(list(by_name)[:20]) + (", ..." if len(by_name) > 20 else "")
+        raise InputError(path, f"classes {', '.join(map(repr, missing))} of the predictions are not among the classes "
+                               f"of {gt.name or 'the ground truth'} ({known}); the model was trained on other classes")
+    mapping = {c: by_name[n] for c, n in pred_names.items()}
+    moved = [f"{n} {c}->{mapping[c]}" for c, n in sorted(pred_names.items()) if mapping[c] != c]
+    note = (f"{path.name}: class ids come from another dataset; matched {len(mapping)} class(es) by name "
+            f"({', '.join(moved[:6])}{', ...' if len(moved) > 6 else ''})")
+    return mapping, note
+
+
+def load_coco_results(path: str | Path, gt: RecordSet) -> CocoResults:
+    """Read a COCO results list, validated against ``gt`` (see :class:`CocoResults`).
 
     Either every result has a ``segmentation`` (masks as RLE) or none has (boxes only, masks None).
+    Results carrying ``category_name`` are put in ``gt``'s id space by name (:func:`match_categories`).
     """
     path = Path(path)
     data = _load_json(path)
@@ -246,6 +312,14 @@ def read_coco_results(path: str | Path, gt: RecordSet) -> dict[int, Instances]:
     with_masks = all(isinstance(r, dict) and "segmentation" in r for r in data)
     if data and not with_masks and any(isinstance(r, dict) and "segmentation" in r for r in data):
         raise InputError(path, "some results have a segmentation and some do not")
+    pred_names = _named_ids(data, path)
+    if gt.categories:
+        id_map, note = match_categories(pred_names, gt, path)
+        categories = dict(gt.categories)
+    else:  # nothing to match against: the results' ids stand, with their names when they have them
+        ids = {_int(r, "category_id", f"result {k}", path) for k, r in enumerate(data) if isinstance(r, dict) and "category_id" in r}
+        id_map, note = {c: c for c in ids}, None
+        categories = {c: (pred_names or {}).get(c, str(c)) for c in sorted(ids)}
     grouped: dict[int, list[dict]] = defaultdict(list)
     for k, res in enumerate(data):
         _require(res, ("image_id", "category_id", "score") + (() if with_masks else ("bbox",)), f"result {k}", path)
@@ -253,7 +327,7 @@ def read_coco_results(path: str | Path, gt: RecordSet) -> dict[int, Instances]:
             raise InputError(path, f"result {k}: score must be a number, got {res['score']!r}")
         if _int(res, "image_id", f"result {k}", path) not in records:
             raise InputError(path, f"result {k} refers to unknown image id {res['image_id']}")
-        if _int(res, "category_id", f"result {k}", path) not in gt.categories:
+        if _int(res, "category_id", f"result {k}", path) not in id_map:
             raise InputError(path, f"result {k} has unknown category id {res['category_id']}")
         grouped[int(res["image_id"])].append(res)
     out = {}
@@ -266,6 +340,11 @@ def read_coco_results(path: str | Path, gt: RecordSet) -> dict[int, Instances]:
         else:
             boxes = mask_ops.to_bbox(rles) if rles else np.zeros((0, 4), np.float32)
         out[image_id] = Instances(
-            (h, w), boxes, [int(r["category_id"]) for r in results], [float(r["score"]) for r in results], rles,
+            (h, w), boxes, [id_map[int(r["category_id"])] for r in results], [float(r["score"]) for r in results], rles,
         )
-    return out
+    return CocoResults(out, set(grouped), categories, note)
+
+
+def read_coco_results(path: str | Path, gt: RecordSet) -> dict[int, Instances]:
+    """The predictions of :func:`load_coco_results`: every gt image gets an entry."""
+    return load_coco_results(path, gt).predictions

@@ -115,3 +115,17 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         raise OSError(f"{path}: PNG encoding failed")
     with atomic_write(path, "wb") as f:
         f.write(data.tobytes())
+
+
+def check_decodable(path: str | Path) -> None:
+    """Decode ``path`` fully (JPEGs at 1/8 scale: the whole stream is still read, the DCT work is
+    not), so a truncated or corrupt file fails before a long job starts, naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "image not found")
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except _DECODE_ERRORS as exc:
+        raise InputError(path, f"cannot read image ({exc})") from None

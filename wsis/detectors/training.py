@@ -1,11 +1,9 @@
 """Training Mask R-CNN on any per-image instances (ground truth, WISE's pseudo masks, ...) with the
 shared :class:`~wsis.engine.Trainer` and the iteration schedule of :mod:`wsis.engine.schedule`.
 
-The schedule is given in iterations as in the papers (``schedule.iterations`` steps of
-``schedule.batch_size`` images); the Trainer runs whole epochs, so training runs
-``ceil(iterations / steps_per_epoch)`` epochs, i.e. up to one epoch more than the iterations asked
-for (the log and ``method.json`` say how many steps ran). The learning rate is stepped per iteration
-(linear warm-up, then x0.1 at each of ``lr_steps``).
+The schedule is given in iterations as in the papers: exactly ``schedule.iterations`` steps of
+``schedule.batch_size`` images, the last epoch cut short where the count ends inside it. The
+learning rate is stepped per iteration (linear warm-up, then x0.1 at each of ``lr_steps``).
 """
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ import torch
 
 from wsis.detectors.maskrcnn import (InstanceDataset, InstancesFn, LabelMap, build_maskrcnn, collate,
                                      detector_optimizer, maskrcnn_step)
-from wsis.engine import Trainer
+from wsis.engine import Checkpointer, GradClip, HookBase, LRScheduler, MetricsLogger, Trainer
 from wsis.engine.schedule import lr_factor
 from wsis.errors import InputError
 from wsis.structures import RecordSet
@@ -27,7 +25,8 @@ def train_detector(records: RecordSet, instances_fn: InstancesFn, cfg: Any, work
                    meta: dict[str, Any]) -> tuple[torch.nn.Module, LabelMap]:
     """Mask R-CNN trained on ``instances_fn(record, epoch)`` for every record. ``cfg`` has the
     ``detector``, ``schedule``, ``augment``, ``seed``, ``device`` and ``num_workers`` of a detector
-    method's config; ``meta`` (the checkpoint's run description) gets ``epochs`` and ``steps``."""
+    method's config; ``meta`` (the checkpoint's run description) gets ``steps`` and ``epochs`` (the last one
+    possibly cut short)."""
     if len(records) == 0:
         raise InputError(records.name or "dataset", "no training images")
     labels = LabelMap(sorted(records.categories))
@@ -40,11 +39,14 @@ def train_detector(records: RecordSet, instances_fn: InstancesFn, cfg: Any, work
     optimizer = detector_optimizer(model, sched.lr, sched.momentum, sched.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
-    meta.update(epochs=epochs, steps=epochs * steps_per_epoch)
-    Trainer(model, optimizer, step_fn=maskrcnn_step, scheduler=scheduler, scheduler_interval="step",
-            workdir=workdir, epochs=epochs, device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
-            num_workers=cfg.num_workers, collate_fn=collate, log_every=sched.log_every, grad_clip=sched.grad_clip,
-            checkpoint_every=sched.checkpoint_every, config=meta,
+    meta.update(epochs=epochs, steps=sched.iterations)
+    hooks: list[HookBase] = [LRScheduler(scheduler, interval="step")]
+    if sched.grad_clip is not None:
+        hooks.insert(0, GradClip(sched.grad_clip))
+    hooks += [MetricsLogger(sched.log_every), Checkpointer(sched.checkpoint_every)]
+    Trainer(model, optimizer, step_fn=maskrcnn_step, workdir=workdir, iterations=sched.iterations, hooks=hooks,
+            device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size, num_workers=cfg.num_workers,
+            collate_fn=collate, config=meta,
             # under torchrun, a step whose images have no instance leaves the mask head out of the graph
             find_unused_parameters=True).fit(dataset)
     return model, labels

@@ -84,6 +84,11 @@ def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
             torch.cuda.set_rng_state_all(saved)
 
 
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (``(seed, epoch)`` and ``(seed, epoch, 1)`` give unrelated streams)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)

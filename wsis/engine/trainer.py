@@ -7,16 +7,16 @@ A method supplies a model, an optimizer and a *step function* ``step_fn(model, b
 * a data order that is a function of ``(seed, epoch)`` only (:class:`EpochSampler`, also used to
   seed the DataLoader's workers), which is what makes resuming exact;
 * DistributedDataParallel with the data split across ranks when started by ``torchrun``;
-* a tqdm bar on rank 0, a JSON line per epoch (and every ``log_every`` steps) in ``workdir/log.jsonl``;
-* ``workdir/last.pt`` written atomically at the end of every epoch (and every ``checkpoint_every``
-  steps), and exact resume from it: on CPU, an interrupted-and-resumed run ends with the same
-  parameters, bit for bit, as an uninterrupted one.
+* a schedule of whole epochs or of an exact number of iterations;
+* the hooks of :mod:`wsis.engine.hooks` at fixed points of the loop: gradient clipping, LR schedules,
+  the JSON log and tqdm bar (:class:`~wsis.engine.hooks.MetricsLogger`) and ``workdir/last.pt``
+  (:class:`~wsis.engine.hooks.Checkpointer`), written atomically and resumed from exactly: on CPU, an
+  interrupted-and-resumed run ends with the same parameters, bit for bit, as an uninterrupted one.
 """
 from __future__ import annotations
 
 import json
 import random
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -25,24 +25,19 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from wsis.engine import distributed as dist_utils
-from wsis.engine.checkpoint import (capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint,
-                                    seed_everything)
-from wsis.errors import InputError
+from wsis.engine.checkpoint import derive_seed, seed_everything
+from wsis.engine.hooks import Checkpointer, GradClip, HookBase, LRScheduler, MetricsLogger, RunAnnouncer
+from wsis.engine.hooks import RESUME_FREE_KEYS, changed_settings  # noqa: F401 (the resume check, re-exported)
 
 StepOutput = torch.Tensor | tuple[torch.Tensor, Mapping[str, Any]]
 StepFn = Callable[[nn.Module, Any], StepOutput]
 LossFn = Callable[[Any, Any], torch.Tensor]
 
-CHECKPOINT_NAME = "last.pt"
-LOG_NAME = "log.jsonl"
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (``(seed, epoch)`` and ``(seed, epoch, 1)`` give unrelated streams)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+CHECKPOINT_NAME = Checkpointer.CHECKPOINT_NAME
+LOG_NAME = MetricsLogger.LOG_NAME
+__all__ = ["EpochSampler", "Trainer", "derive_seed", "move_to", "unwrap_model"]
 
 
 class EpochSampler(Sampler[int]):
@@ -124,22 +119,34 @@ def _deterministic(enabled: bool) -> Iterator[None]:
 
 
 class Trainer:
-    """Generic epoch loop: ``Trainer(model, optimizer, step_fn=..., workdir=..., epochs=...).fit(dataset)``.
+    """The shared loop: ``Trainer(model, optimizer, step_fn=..., workdir=..., iterations=N | epochs=E,
+    hooks=[...]).fit(dataset)``.
 
     ``step_fn(model, batch)`` gets the (possibly DDP-wrapped) model and a batch already on the
     device, and returns the scalar loss, or ``(loss, {name: value})``; it must call ``model(...)``
     (not a submodule) so DDP synchronises gradients. Instead of ``step_fn``, ``loss_fn(outputs,
     targets)`` may be given for batches of ``(inputs, targets)``. ``config`` (a plain dict) is stored
-    in checkpoints. ``scheduler_interval`` is ``"epoch"`` or ``"step"``. ``batch_size``,
-    ``num_workers``, ``collate_fn``, ``shuffle`` and ``drop_last`` apply when ``fit`` is given a
-    Dataset (per process under torchrun); a DataLoader is used as given. ``grad_clip`` bounds the
-    gradient norm of all parameters together, or with ``grad_clip_per_group`` that of each optimizer
-    parameter group on its own (so a loss spike in one part of a model does not shrink every other
-    part's step).
+    in checkpoints. ``batch_size``, ``num_workers``, ``collate_fn``, ``shuffle`` and ``drop_last``
+    apply when ``fit`` is given a Dataset (per process under torchrun); a DataLoader is used as given.
+
+    The schedule is ``epochs`` whole epochs or exactly ``iterations`` optimizer steps (give one): an
+    iteration count that is not a multiple of the epoch length ends inside the last epoch, which
+    resumes (or extends, with a larger count) exactly like any other mid-epoch checkpoint.
+
+    Everything else is a hook (:mod:`wsis.engine.hooks`) in ``hooks``. A :class:`MetricsLogger` and a
+    :class:`Checkpointer` are added unless ``hooks`` holds one (whose settings then replace
+    ``log_every``/``progress`` or ``checkpoint_every``/``resume``). The other keyword arguments are
+    kept for the callers written before hooks and build the equivalent hooks, ahead of ``hooks``:
+
+    * ``grad_clip``, ``grad_clip_per_group`` -> ``GradClip(grad_clip, per_group=grad_clip_per_group)``;
+    * ``scheduler``, ``scheduler_interval`` -> ``LRScheduler(scheduler, interval=scheduler_interval)``;
+    * ``log_every``, ``progress`` -> ``MetricsLogger(log_every, progress)``;
+    * ``checkpoint_every``, ``resume`` -> ``Checkpointer(checkpoint_every, resume)``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, step_fn: StepFn | None = None,
-                 loss_fn: LossFn | None = None, scheduler: Any = None, workdir: str | Path, epochs: int,
+                 loss_fn: LossFn | None = None, scheduler: Any = None, workdir: str | Path,
+                 epochs: int | None = None, iterations: int | None = None, hooks: Sequence[HookBase] = (),
                  device: str | torch.device = "auto", seed: int = 0, log_every: int = 50,
                  grad_clip: float | None = None, grad_clip_per_group: bool = False,
                  batch_size: int = 16, num_workers: int = 0,
@@ -149,78 +156,110 @@ class Trainer:
                  find_unused_parameters: bool = False) -> None:
         if (step_fn is None) == (loss_fn is None):
             raise ValueError("Trainer: give exactly one of step_fn and loss_fn")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"Trainer: scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
-        if epochs < 0 or batch_size < 1:
-            raise ValueError(f"Trainer: epochs={epochs}, batch_size={batch_size}")
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        if (epochs is None) == (iterations is None):
+            raise ValueError("Trainer: give exactly one of epochs and iterations")
+        if (epochs is not None and epochs < 0) or (iterations is not None and iterations < 0) or batch_size < 1:
+            raise ValueError(f"Trainer: epochs={epochs}, iterations={iterations}, batch_size={batch_size}")
+        self.model, self.optimizer = model, optimizer
         self.step_fn = step_fn if step_fn is not None else _loss_step(loss_fn)
         self.workdir = Path(workdir)
-        self.epochs, self.device_name, self.seed = epochs, device, seed
-        self.log_every, self.grad_clip, self.grad_clip_per_group = log_every, grad_clip, grad_clip_per_group
+        self.epochs, self.max_iterations = epochs, iterations
+        self.device_name, self.seed = device, seed
         self.batch_size, self.num_workers, self.collate_fn = batch_size, num_workers, collate_fn
         self.shuffle, self.drop_last = shuffle, drop_last
-        self.checkpoint_every, self.scheduler_interval = checkpoint_every, scheduler_interval
         # weights_only loading accepts only plain types: Paths and the like are stored as strings.
         self.config = json.loads(json.dumps(dict(config or {}), default=str))
-        self.progress, self.resume = progress, resume
         self.find_unused_parameters = find_unused_parameters
-        self.global_step = 0
-        self._step_lr: float | list[float] | None = None
+        compat: list[HookBase] = []
+        if grad_clip is not None:
+            compat.append(GradClip(grad_clip, per_group=grad_clip_per_group))
+        if scheduler is not None:
+            compat.append(LRScheduler(scheduler, interval=scheduler_interval))
+        elif scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"Trainer: scheduler_interval must be 'epoch' or 'step', not {scheduler_interval!r}")
+        self.hooks: list[HookBase] = [*compat, *hooks]
+        if not any(isinstance(h, MetricsLogger) for h in self.hooks):
+            self.hooks.append(MetricsLogger(log_every, progress))
+        if progress and not any(isinstance(h, RunAnnouncer) for h in self.hooks):
+            self.hooks.append(RunAnnouncer())
+        self.progress = progress
+        self.num_samples: int | None = None
+        if not any(isinstance(h, Checkpointer) for h in self.hooks):
+            self.hooks.append(Checkpointer(checkpoint_every, resume))
+        # the loop's position, read by hooks
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.epoch_length = 0
+        self.total_epochs = epochs or 0
+        self.epoch_complete = False
+        self.step_values: dict[str, float] = {}
+        self.step_lr: float | list[float] | None = None
+        self.net: nn.Module = model
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.workdir / CHECKPOINT_NAME
+        return self.workdir / Checkpointer.CHECKPOINT_NAME
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / LOG_NAME
+        return self.workdir / MetricsLogger.LOG_NAME
+
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
+        """Add hooks after those given to the constructor (a Checkpointer still runs last)."""
+        self.hooks.extend(hooks)
+
+    def steps_this_epoch(self) -> int:
+        """The steps the current epoch runs in all: a whole epoch, or fewer where the iteration count ends it."""
+        if self.max_iterations is None:
+            return self.epoch_length
+        return min(self.epoch_length, self.step_in_epoch + self.max_iterations - self.global_step)
+
+    def current_lr(self) -> float | list[float]:
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        return lrs[0] if len(lrs) == 1 else lrs
 
     # ------------------------------------------------------------------ public
 
     def fit(self, data: Dataset | DataLoader) -> nn.Module:
-        """Train until ``epochs`` epochs are done (resuming from ``workdir/last.pt`` if present); returns the model."""
+        """Train to the end of the schedule (resuming from ``workdir/last.pt`` if present); returns the model."""
         info = dist_utils.init_distributed(self.device_name)
         self.info = info
         self.model.to(info.device)
         if dist_utils.is_main():
             self.workdir.mkdir(parents=True, exist_ok=True)
-        start_epoch, skip, running = self._start(info)
-        net: nn.Module = self.model
-        if info.is_distributed:
-            ids = [info.device.index] if info.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
-                                                      find_unused_parameters=self.find_unused_parameters)
-        loader = data if isinstance(data, DataLoader) else self._make_loader(data, info)
+        # the Checkpointer must see the other hooks' work of a step: it runs last (stable order otherwise)
+        self.hooks.sort(key=lambda h: isinstance(h, Checkpointer))
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        seed_everything(derive_seed(self.seed, info.rank))  # a resuming Checkpointer restores the saved RNGs
         with _deterministic(info.device.type == "cpu"):
-            for epoch in range(start_epoch, self.epochs):
-                self._run_epoch(net, loader, epoch, skip if epoch == start_epoch else 0,
-                                running if epoch == start_epoch else None)
+            self._call("before_train")
+            self.net = self.model
+            if info.is_distributed:
+                ids = [info.device.index] if info.device.type == "cuda" else None
+                self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                               find_unused_parameters=self.find_unused_parameters)
+            loader = data if isinstance(data, DataLoader) else self._make_loader(data, info)
+            self.num_samples = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+            self.epoch_length = len(loader)
+            if self.max_iterations is not None:
+                if self.epoch_length == 0 and self.max_iterations > self.global_step:
+                    raise ValueError("Trainer: an iteration schedule needs at least one batch per epoch")
+                self.total_epochs = -(-self.max_iterations // max(self.epoch_length, 1))
+            while not self._schedule_done():
+                self._run_epoch(loader)
+            self._call("after_train")
         dist_utils.barrier()
         return self.model
 
     # ------------------------------------------------------------------ set-up
 
-    def _start(self, info: dist_utils.DistInfo) -> tuple[int, int, dict[str, float] | None]:
-        """Resume from the checkpoint if any: returns (epoch, steps already done in it, loss sums so far)."""
-        if not (self.resume and self.checkpoint_path.is_file()):
-            seed_everything(derive_seed(self.seed, info.rank))
-            return 0, 0, None
-        state = load_checkpoint(self.checkpoint_path, map_location="cpu")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state.get("scheduler") is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-            epoch, skip, self.global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["step"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise InputError(self.checkpoint_path, f"checkpoint does not fit this model/optimizer: {str(e)[:300]}") from e
-        rngs = state.get("rng") or []
-        if len(rngs) == info.world_size:
-            restore_rng_state(rngs[info.rank])
-        else:  # a different number of processes: the data split changes anyway, so resume is not exact
-            seed_everything(derive_seed(self.seed, info.rank, epoch))
-        return epoch, skip, state.get("running")
+    def _schedule_done(self) -> bool:
+        if self.max_iterations is not None:
+            return self.global_step >= self.max_iterations
+        return self.epoch >= (self.epochs or 0)
+
+    def _call(self, point: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, point)(self)
 
     def _make_loader(self, dataset: Dataset, info: dist_utils.DistInfo) -> DataLoader:
         sampler = EpochSampler(len(dataset), seed=self.seed, shuffle=self.shuffle,
@@ -248,50 +287,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def _run_epoch(self, net: nn.Module, loader: DataLoader, epoch: int, skip: int,
-                   running: Mapping[str, float] | None) -> None:
-        net.train()
-        batches = self._prepare_epoch(loader, epoch, skip)
-        n_batches = len(loader) if isinstance(loader.sampler, EpochSampler) else max(len(loader) - skip, 0)
-        sums: dict[str, float] = dict(running or {})
-        window: dict[str, float] = {}
-        step_in_epoch = skip
-        start = time.perf_counter() - float(sums.pop("_seconds", 0.0))
-        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                   disable=not (self.progress and dist_utils.is_main()), dynamic_ncols=True)
-        for batch in bar:
-            values = self._train_step(net, batch)
-            step_in_epoch += 1
+    def _run_epoch(self, loader: DataLoader) -> None:
+        self.net.train()
+        batches = self._prepare_epoch(loader, self.epoch, self.step_in_epoch)
+        self.epoch_complete = False
+        self._call("before_epoch")
+        end, exhausted = self.steps_this_epoch(), False
+        while self.step_in_epoch < end:
+            try:
+                batch = next(batches)
+            except StopIteration:  # a foreign loader shorter than its len()
+                exhausted = True
+                break
+            self._call("before_step")
+            self.step_values = self._train_step(batch)
+            self.step_in_epoch += 1
             self.global_step += 1
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-                window[k] = window.get(k, 0.0) + v
-            sums["_count"] = sums.get("_count", 0.0) + 1
-            window["_count"] = window.get("_count", 0.0) + 1
-            if self.log_every and self.global_step % self.log_every == 0:
-                line = self._means(window)
-                bar.set_postfix(loss=f"{line['loss']:.4f}")
-                self._log({"event": "step", "epoch": epoch + 1, "step": self.global_step, **line, "lr": self._step_lr})
-                window = {}
-            if (self.checkpoint_every and self.global_step % self.checkpoint_every == 0
-                    and step_in_epoch < skip + n_batches):
-                self._save(epoch, step_in_epoch, {**sums, "_seconds": time.perf_counter() - start})
-        bar.close()
-        lr = self._step_lr if self._step_lr is not None else self._lr()  # the rate the last step used
-        if self.scheduler is not None and self.scheduler_interval == "epoch":
-            self.scheduler.step()
-        means = self._means(sums, reduce=True)
-        line = {"event": "epoch", "epoch": epoch + 1, "step": self.global_step, **means, "lr": lr,
-                "seconds": round(time.perf_counter() - start, 3)}
-        self._log(line)
-        if self.progress and dist_utils.is_main():
-            tqdm.write(f"epoch {epoch + 1}/{self.epochs} loss {means.get('loss', float('nan')):.4f} "
-                       f"({line['seconds']:.1f} s)")
-        self._save(epoch + 1, 0, None)
+            self._call("after_step")
+        self.epoch_complete = exhausted or self.step_in_epoch >= self.epoch_length
+        self._call("after_epoch")
+        if self.epoch_complete:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
 
-    def _train_step(self, net: nn.Module, batch: Any) -> dict[str, float]:
+    def _train_step(self, batch: Any) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.step_fn(net, move_to(batch, self.info.device))
+        out = self.step_fn(self.net, move_to(batch, self.info.device))
         loss, extra = (out, {}) if isinstance(out, torch.Tensor) else out
         if loss.dim() != 0:
             raise ValueError(f"step function returned a loss of shape {tuple(loss.shape)}, expected a scalar")
@@ -299,56 +319,10 @@ class Trainer:
         if not np.isfinite(value):
             raise FloatingPointError(f"loss is {value} at step {self.global_step + 1}")
         loss.backward()
-        if self.grad_clip is not None:
-            if self.grad_clip_per_group:
-                for group in self.optimizer.param_groups:
-                    nn.utils.clip_grad_norm_(group["params"], self.grad_clip)
-            else:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self._step_lr = self._lr()
+        self._call("after_backward")
+        self.step_lr = self.current_lr()
         self.optimizer.step()
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
         return {"loss": value, **{k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in extra.items()}}
-
-    # ------------------------------------------------------------------ outputs
-
-    def _means(self, sums: Mapping[str, float], reduce: bool = False) -> dict[str, float]:
-        count = max(sums.get("_count", 0.0), 1.0)
-        keys = sorted(k for k in sums if not k.startswith("_"))
-        values = torch.tensor([sums[k] / count for k in keys], dtype=torch.float64)
-        if reduce and keys:
-            # gloo/nccl reduce on the process device; float64 keeps the log stable.
-            values = dist_utils.all_reduce_mean(values.to(self.info.device)).cpu()
-        return {k: float(v) for k, v in zip(keys, values.tolist())}
-
-    def _lr(self) -> float | list[float]:
-        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
-        return lrs[0] if len(lrs) == 1 else lrs
-
-    def _log(self, line: dict[str, Any]) -> None:
-        if dist_utils.is_main():
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")  # one write per line: a killed run leaves whole lines
-
-    def _save(self, epoch: int, step_in_epoch: int, running: Mapping[str, float] | None) -> None:
-        """Checkpoint after ``epoch`` whole epochs and ``step_in_epoch`` steps of the next (rank 0 writes)."""
-        rngs = dist_utils.all_gather_object(capture_rng_state())
-        if dist_utils.is_main():
-            save_checkpoint(self.checkpoint_path, {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "step": self.global_step,
-                "rng": rngs,
-                "running": None if running is None else dict(running),
-                "config": self.config,
-                "seed": self.seed,
-                "world_size": self.info.world_size,
-            })
-        dist_utils.barrier()
 
 
 def _loss_step(loss_fn: LossFn) -> StepFn:

@@ -1,73 +1,11 @@
 """One call for every metric of BENCHMARK.md, as a JSON-serialisable dict, and its text tables."""
 from __future__ import annotations
 
-from typing import Mapping
-
-from wsis.errors import InputError
-from wsis.eval.coco_protocol import coco_bbox_eval, coco_segm_eval
-from wsis.eval.detection import corloc, detection_ap
-from wsis.eval.inputs import Predictions, check_predictions, evaluated_classes
-from wsis.eval.instance import evaluate_instances
-from wsis.eval.semantic import semantic_miou
-from wsis.eval.subsets import restrict, voc20_ids
+from wsis.eval.evaluator import SUBSETS, Evaluator
+from wsis.eval.inputs import Predictions, check_predictions, predictions_for
 from wsis.structures import RecordSet
 
-SUBSETS = ("voc20",)
-
-
-def _named(table: Mapping[int, object], categories: Mapping[int, str]) -> dict[str, object]:
-    """Per-class table keyed by category name instead of id (id as text when unnamed)."""
-    return {categories.get(int(c), str(c)): v for c, v in table.items()}
-
-
-def _voc_section(gt: RecordSet, preds: Predictions, thresholds: tuple[float, ...]) -> dict:
-    res = evaluate_instances(gt, preds, thresholds=thresholds)
-    names = gt.categories
-    per_class: dict[int, dict] = {}
-    for c, aps in res["per_class_ap"].items():
-        per_class.setdefault(c, {}).update({f"AP@{t}": v for t, v in aps.items()})
-    for c, abo in res["per_class_abo"].items():
-        per_class.setdefault(c, {})["ABO"] = abo
-    counts = dict(res["counts"])
-    counts["predictions_per_class"] = _named(counts["predictions_per_class"], names)
-    counts["positives_per_class"] = _named(counts["positives_per_class"], names)
-    return {
-        "mAP": res["mAP"],
-        "abo": res["abo"],
-        "abo_agnostic": res["abo_agnostic"],
-        "counts": counts,
-        "per_class": _named(dict(sorted(per_class.items())), names),
-    }
-
-
-def _coco_section(res: dict, categories: Mapping[int, str]) -> dict:
-    out = {k: v for k, v in res.items() if k != "per_class_ap"}
-    out["per_class"] = _named(res["per_class_ap"], categories)
-    return out
-
-
-def _detection_section(gt: RecordSet, preds: Predictions, coco: bool) -> dict:
-    det = detection_ap(gt, preds)
-    loc = corloc(gt, preds)
-    out = {
-        "mAP@0.5": det["mAP"],
-        "per_class": _named(det["per_class_ap"], gt.categories),
-        "corloc": loc["corloc"],
-        "corloc_per_class": _named(loc["per_class"], gt.categories),
-    }
-    if coco:
-        out["coco_bbox"] = _coco_section(coco_bbox_eval(gt, preds), gt.categories)
-    return out
-
-
-def _semantic_section(gt: RecordSet, preds: Predictions) -> dict:
-    res = semantic_miou(gt, preds)
-    return {
-        "miou": res["miou"],
-        "background_iou": res["background_iou"],
-        "pixel_accuracy": res["pixel_accuracy"],
-        "per_class": _named(res["per_class_iou"], gt.categories),
-    }
+__all__ = ["SUBSETS", "evaluate", "format_table"]
 
 
 def evaluate(
@@ -83,30 +21,15 @@ def evaluate(
     """All requested metrics: ``{"voc": ..., "coco": ..., "detection": ..., "semantic": ...}``.
 
     ``subset="voc20"`` first drops every class outside the 20 VOC classes from both sides.
-    Per-class tables are keyed by category name; undefined values are ``None``.
+    Per-class tables are keyed by category name; undefined values are ``None``. Every image of
+    ``gt`` is scored (one without predictions has none). The one-shot form of :class:`Evaluator`.
     """
-    if subset is not None and subset not in SUBSETS:
-        raise InputError("subset", f"unknown subset {subset!r}; choose from {', '.join(SUBSETS)}")
+    evaluator = Evaluator(gt.categories, name=gt.name, subset=subset, coco=coco, detection=detection,
+                          semantic=semantic, thresholds=thresholds)
     check_predictions(gt, preds, need_masks=True)
-    if subset == "voc20":
-        ids = voc20_ids(gt.categories)
-        if not ids:
-            raise InputError("subset", f"none of the 20 VOC classes is among the categories of {gt.name!r}")
-        gt, preds = restrict(gt, preds, ids)
-    report: dict = {
-        "dataset": gt.name,
-        "subset": subset or "all",
-        "images": len(gt.records),
-        "category_ids": evaluated_classes(gt, None),
-        "voc": _voc_section(gt, preds, tuple(thresholds)),
-    }
-    if coco:
-        report["coco"] = _coco_section(coco_segm_eval(gt, preds), gt.categories)
-    if detection:
-        report["detection"] = _detection_section(gt, preds, coco)
-    if semantic:
-        report["semantic"] = _semantic_section(gt, preds)
-    return report
+    for record in gt.records:
+        evaluator.process(record, predictions_for(record, preds))
+    return evaluator.evaluate()
 
 
 def _fmt(value: object) -> str:

@@ -10,6 +10,7 @@ import importlib
 import json
 from pathlib import Path
 from types import ModuleType
+from typing import Sequence
 
 from wsis.errors import InputError
 
@@ -19,6 +20,7 @@ METHODS: dict[str, str] = {
     "wise": "wsis.methods.wise",
     "maskrcnn": "wsis.methods.maskrcnn",
     "pdsl": "wsis.methods.pdsl",
+    "dasnet": "wsis.methods.dasnet",
 }
 
 
@@ -48,9 +50,20 @@ def read_meta(workdir: str | Path) -> dict:
     return meta
 
 
-def load_trained(workdir: str | Path):
-    """The predictor saved in a training workdir, whatever its method."""
+def load_trained(workdir: str | Path, overrides: Sequence[str] = ()):
+    """The predictor saved in a training workdir, whatever its method, with ``key=value`` overrides of
+    its inference settings; a training setting is refused, naming the keys that may be changed."""
     name = read_meta(workdir)["method"]
     if name not in METHODS:
         raise InputError(Path(workdir) / "method.json", f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
-    return get_method(name).load(workdir)
+    module = get_method(name)
+    if overrides:
+        from wsis.config import override_keys
+        from wsis.methods.base import REGISTRY
+
+        allowed = REGISTRY[name].inference_keys
+        for key in override_keys(list(overrides)):
+            if not any(key == k or key.startswith(k + ".") for k in allowed):
+                raise InputError("command line", f"'{key}' is not an inference setting of {name}; predict takes "
+                                                 f"{', '.join(allowed)} (retrain to change how the model is trained)")
+    return module.load(workdir, overrides=overrides)

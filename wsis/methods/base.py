@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wsis.engine import pick_device
+from wsis.errors import warn
 from wsis.proposals import Proposals
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -30,7 +31,10 @@ class Method(Protocol):
     def fit(self, records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
             workdir: str | Path = ...) -> "Predictor": ...
 
-    def load(self, workdir: str | Path) -> "Predictor": ...
+    def load(self, workdir: str | Path, overrides: Sequence[str] = ()) -> "Predictor":
+        """The trained predictor, with ``key=value`` overrides of its inference settings
+        (:attr:`Predictor.inference_keys`)."""
+        ...
 
 
 def register(name: str, config: type) -> Callable[[P], P]:
@@ -54,6 +58,9 @@ class Predictor:
 
     method: ClassVar[str] = ""
     config_class: ClassVar[type]
+    # Config keys (or sections) that act at prediction only: ``wsis predict`` may override these and
+    # no others (a training setting changed after training would describe a model that does not exist).
+    inference_keys: ClassVar[tuple[str, ...]] = ("device", "proposals")
 
     def __init__(self, cfg: Any, category_ids: Sequence[int], categories: dict[int, str],
                  workdir: str | Path) -> None:
@@ -76,5 +83,14 @@ class Predictor:
 
     def predict_records(self, records: RecordSet | Sequence[ImageRecord], progress: bool = True
                         ) -> dict[int, Instances]:
-        return {r.image_id: self.predict(r)
-                for r in tqdm(list(records), desc=f"predict {self.method}", disable=not progress, unit="img")}
+        """``predict`` of every record; when nothing is found anywhere, one warning line says why
+        (:meth:`why_empty`)."""
+        out = {r.image_id: self.predict(r)
+               for r in tqdm(list(records), desc=f"predict {self.method}", disable=not progress, unit="img")}
+        if out and not any(len(p) for p in out.values()):
+            warn(f"no instance on any of the {len(out)} image(s): {self.why_empty(list(out))}")
+        return out
+
+    def why_empty(self, image_ids: Sequence[int]) -> str:
+        """Why the images ``image_ids`` got no instance (methods say which threshold stopped them)."""
+        return "nothing passed the method's thresholds"

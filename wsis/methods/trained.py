@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from wsis.config import from_dict
+from wsis.config import from_dict, with_overrides
 from wsis.data.images import atomic_write
 from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis.engine.distributed import is_main
@@ -45,15 +45,17 @@ def save_trained(workdir: Path, model: torch.nn.Module | None, meta: dict[str, A
 
 
 def read_trained(workdir: str | Path, config_cls: type[C],
-                 migrate: Callable[[dict], dict] | None = None) -> tuple[dict[str, Any], C]:
+                 migrate: Callable[[dict], dict] | None = None, overrides: Sequence[str] = ()) -> tuple[dict[str, Any], C]:
     """``method.json`` of a finished run and its config as ``config_cls``; ``migrate`` rewrites a
-    config saved with older key names (a key it does not know is an error naming the file)."""
+    config saved with older key names (a key it does not know is an error naming the file);
+    ``overrides`` (``key=value``, checked by :func:`wsis.methods.load_trained`) are applied on top."""
     meta = read_meta(workdir)
     config = meta.get("config")
     source = str(Path(workdir) / META_FILE)
     if not isinstance(config, dict):
         raise InputError(source, "malformed method file (no 'config' mapping)")
-    return meta, from_dict(config_cls, migrate(config) if migrate else config, source)
+    cfg = from_dict(config_cls, migrate(config) if migrate else config, source)
+    return meta, with_overrides(cfg, list(overrides))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:

@@ -75,6 +75,18 @@ def _superpixel(image: np.ndarray, **settings: Any) -> Proposals:
     return superpixel_proposals(image, **settings)
 
 
+def _ucm(image: np.ndarray, **settings: Any) -> Proposals:
+    from wsis.proposals.ucm import ucm_proposals
+
+    return ucm_proposals(image, **settings)
+
+
+def _ucm_superpixel(image: np.ndarray, **settings: Any) -> Proposals:
+    from wsis.proposals.pooled import pooled_proposals
+
+    return pooled_proposals(image, **settings)
+
+
 def _selective_search(image: np.ndarray, **settings: Any) -> Proposals:
     from wsis.proposals.boxes import selective_search
 
@@ -94,6 +106,8 @@ def _selective_search_grabcut(
 
 GENERATORS: dict[str, Callable[..., Proposals]] = {
     "superpixel": _superpixel,
+    "ucm": _ucm,
+    "ucm+superpixel": _ucm_superpixel,
     "selective_search": _selective_search,
     "selective_search+grabcut": _selective_search_grabcut,
 }

@@ -108,7 +108,7 @@ def scaled_gamma(cfg: RetrievalConfig, height: int, width: int) -> float:
     """The background/class-irrelevant weight at a scoring resolution (see ``gamma_reference_area``)."""
     if cfg.gamma_reference_area is None:
         return cfg.gamma
-    return cfg.gamma * cfg.gamma_reference_area / float(height * width)
+    return cfg.gamma * (cfg.gamma_reference_area / float(height * width))  # the old code's rounding order
 
 
 def mask_iou_matrix(masks: np.ndarray) -> np.ndarray:

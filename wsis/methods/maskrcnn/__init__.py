@@ -55,8 +55,8 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
                         {"signal": "ground-truth masks"})
 
 
-def load(workdir: str | Path) -> "DetectorPredictor":
-    return load_detector(workdir, MaskRCNNMethodConfig, MaskRCNNPredictor)
+def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "DetectorPredictor":
+    return load_detector(workdir, MaskRCNNMethodConfig, MaskRCNNPredictor, overrides=overrides)
 
 
 # ---------------------------------------------------------------- shared with WISE
@@ -73,10 +73,10 @@ def fit_detector(records: RecordSet, instances_fn: InstancesFn, cfg: MaskRCNNMet
 
 
 def load_detector(workdir: str | Path, cfg_cls: type, predictor: type["DetectorPredictor"],
-                  migrate: Any = None) -> "DetectorPredictor":
+                  migrate: Any = None, overrides: Sequence[str] = ()) -> "DetectorPredictor":
     """The trained detector of a workdir (its ImageNet weights are not needed: the checkpoint has all)."""
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, cfg_cls, migrate)
+    meta, cfg = read_trained(workdir, cfg_cls, migrate, overrides)
     labels = LabelMap(meta["category_ids"])
     model = build_maskrcnn(cfg.detector, len(labels), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
@@ -86,6 +86,10 @@ def load_detector(workdir: str | Path, cfg_cls: type, predictor: type["DetectorP
 
 class DetectorPredictor(Predictor):
     """A trained Mask R-CNN; ``refine`` (from the config, settable) switches test-time refinement."""
+
+    inference_keys = ("device", "proposals", "refine", "detector.score_threshold", "detector.mask_threshold",
+                      "detector.detections_per_image", "detector.rpn_pre_nms_top_n_test",
+                      "detector.rpn_post_nms_top_n_test")
 
     def __init__(self, model: torch.nn.Module, cfg: MaskRCNNMethodConfig, labels: LabelMap,
                  categories: dict[int, str], workdir: Path) -> None:

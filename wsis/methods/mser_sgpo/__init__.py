@@ -251,9 +251,9 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
 
 # -- loading -------------------------------------------------------------------------------------
 
-def load(workdir: str | Path) -> "MSERSGPOPredictor":
+def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "MSERSGPOPredictor":
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, MSERSGPOConfig, migrate_mser_config)
+    meta, cfg = read_trained(workdir, MSERSGPOConfig, migrate_mser_config, overrides)
     category_ids, categories = trained_categories(meta)
     models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids)) for t in range(1, cfg.stages + 1)]
     return MSERSGPOPredictor(models, cfg, category_ids, categories, workdir)
@@ -307,6 +307,8 @@ def fuse_representations(responses: Sequence[StageResponse], fusion: str, match_
 @register("mser_sgpo", MSERSGPOConfig)
 class MSERSGPOPredictor(Predictor):
     """The T stage classifiers plus EPRM fusion and proposal scoring."""
+
+    inference_keys = PRMPredictor.inference_keys + ("fusion", "match_radius", "scoring")
 
     def __init__(self, models: Sequence[PRMNet], cfg: MSERSGPOConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path) -> None:

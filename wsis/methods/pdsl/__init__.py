@@ -5,9 +5,9 @@ instance-activation correlation loss.
 
 Training (``fit``): the tags only (ground truth is stripped before anything else sees the records);
 proposals of every training image are generated first (cached on disk by image content and
-settings); then the shared :class:`~wsis.engine.Trainer` runs the schedule given in iterations
-(``ceil(iterations / steps_per_epoch)`` epochs, lr warm-up and x0.1 steps per iteration, as
-:mod:`wsis.engine.schedule`), checkpointing to ``workdir/last.pt`` and resuming from it exactly:
+settings); then the shared :class:`~wsis.engine.Trainer` runs exactly the schedule's iterations
+(lr warm-up and x0.1 steps per iteration, as :mod:`wsis.engine.schedule`; per-group gradient
+clipping as a :class:`~wsis.engine.GradClip` hook), checkpointing to ``workdir/last.pt`` and resuming from it exactly:
 data order, augmentation and the mask branch's RoI sample are functions of (seed, epoch, image), and
 GrabCut masks are a function of (image, box), cached under ``grabcut.cache_dir``.
 
@@ -17,8 +17,8 @@ Workdir: ``proposals/`` and ``grabcut/`` (unless cache dirs are given), ``last.p
 Ablations (paper Table 1): ``model.refine_heads=0`` (n^r), ``model.mask_heads=0`` (n^m),
 ``loss.correlation=false`` (L_ACL), ``loss.n_seed=1`` (n_seed). The CPU configs (``pdsl_cpu.yaml``,
 ``demo_pdsl.yaml``) have L_ACL off: on their short schedules it drives every class-specific mask
-under the 0.5 cut (the configs' headers and ``benchmarks/results/pdsl.md`` give the measurements);
-``loss.correlation=true`` turns it back on.
+under the 0.5 cut (``benchmarks/results/config_notes.md`` and ``benchmarks/results/pdsl.md`` give
+the measurements); ``loss.correlation=true`` turns it back on.
 
 Where each equation is (one hop from here): :mod:`wsis.detectors.wsddn` (detection branch: WSDDN + OICR
 refinement heads, Eqs. 2-4), :mod:`wsis.methods.pdsl.seeds` (seed sample acquisition, cached GrabCut),
@@ -61,7 +61,7 @@ import torch
 from wsis import masks as mask_ops
 from wsis.config import load_config, to_dict
 from wsis.data.images import load_image
-from wsis.engine import Trainer
+from wsis.engine import Checkpointer, GradClip, HookBase, LRScheduler, MetricsLogger, Trainer
 from wsis.engine.distributed import is_main
 from wsis.engine.schedule import lr_factor
 from wsis.errors import InputError
@@ -121,11 +121,9 @@ def pdsl_optimizer(model: PDSLNet, sched: PDSLScheduleConfig) -> torch.optim.SGD
 
 def training_data(cfg: PDSLMethodConfig, model: PDSLNet, records: Sequence[ImageRecord], category_ids: list[int],
                   proposal_cache: ProposalCache, grabcut_dir: Path) -> tuple[PDSLDataset, GrabCutCache]:
-    """The training samples of ``records`` and their GrabCut cache, with ``model.seed_masks`` set to
-    read the seeds' masks of the sample at a dataset index from it."""
+    """The training samples of ``records`` and their GrabCut cache, whose ``masks(image_path, boxes)``
+    is the ``seed_masks`` argument of ``model``'s forward."""
     grabcut = GrabCutCache(grabcut_dir, cfg.grabcut.iterations, cfg.grabcut.margin, cfg.grabcut.max_side)
-    paths = [r.path for r in records]
-    model.seed_masks = lambda index, boxes: grabcut.masks(paths[index], boxes)
     dataset = PDSLDataset(list(records), category_ids,
                           ProposalBoxes(proposal_cache, cfg.proposals.method, cfg.proposals.settings),
                           cfg.augment, model.backbone.normalize, cfg.seed)
@@ -153,34 +151,36 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     dataset, grabcut = training_data(cfg, model, records.records, category_ids, proposal_cache, grabcut_dir)
     sched = cfg.schedule
     steps_per_epoch = math.ceil(len(dataset) / sched.batch_size)
-    epochs = math.ceil(sched.iterations / steps_per_epoch)
     optimizer = pdsl_optimizer(model, sched)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
     meta: dict[str, Any] = {"method": "pdsl", "config": to_dict(cfg), "category_ids": category_ids,
                             "categories": {str(k): v for k, v in records.categories.items()},
-                            "signal": "image-level tags", "epochs": epochs, "steps": epochs * steps_per_epoch}
+                            "signal": "image-level tags", "epochs": math.ceil(sched.iterations / steps_per_epoch),
+                            "steps": sched.iterations}
 
     def step(net: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        losses = net(batch)
+        losses = net(batch, grabcut.masks)
         return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
 
-    Trainer(model, optimizer, step_fn=step, scheduler=scheduler, scheduler_interval="step", workdir=workdir,
-            epochs=epochs, device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
-            num_workers=cfg.num_workers, collate_fn=collate, log_every=sched.log_every, grad_clip=sched.grad_clip,
-            grad_clip_per_group=sched.grad_clip_per_group,
-            checkpoint_every=sched.checkpoint_every, config=meta,
+    hooks: list[HookBase] = []
+    if sched.grad_clip is not None:
+        hooks.append(GradClip(sched.grad_clip, per_group=sched.grad_clip_per_group))
+    hooks += [LRScheduler(scheduler, interval="step"), MetricsLogger(sched.log_every),
+              Checkpointer(sched.checkpoint_every)]
+    Trainer(model, optimizer, step_fn=step, workdir=workdir, iterations=sched.iterations, hooks=hooks,
+            device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size, num_workers=cfg.num_workers,
+            collate_fn=collate, config=meta,
             # an untagged image leaves the mask branch out of the graph
             find_unused_parameters=True).fit(dataset)
     meta["grabcut_computed_this_run"] = grabcut.computed
-    model.seed_masks = None
     save_trained(workdir, model, meta, started)
     return PDSLPredictor(model, cfg, category_ids, records.categories, workdir)
 
 
-def load(workdir: str | Path) -> "PDSLPredictor":
+def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PDSLPredictor":
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, PDSLMethodConfig)
+    meta, cfg = read_trained(workdir, PDSLMethodConfig, overrides=overrides)
     category_ids, categories = trained_categories(meta)
     model = build_pdsl(cfg.model, len(category_ids), cfg.loss, cfg.seed, pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
@@ -190,6 +190,8 @@ def load(workdir: str | Path) -> "PDSLPredictor":
 @register("pdsl", PDSLMethodConfig)
 class PDSLPredictor(Predictor):
     """A trained PDSL network: proposals (cached) -> multi-scale detections -> masks."""
+
+    inference_keys = ("device", "proposals", "test")
 
     def __init__(self, model: PDSLNet, cfg: PDSLMethodConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path) -> None:

@@ -132,7 +132,8 @@ class PDSLDataset(Dataset):
         return {"image": self.normalize(x), "boxes": torch.from_numpy(boxes.astype(np.float32)),
                 "orig_boxes": torch.from_numpy(clipped[keep].astype(np.float32)),
                 "source_boxes": torch.from_numpy(source[keep].astype(np.float32)),
-                "labels": self.targets[index], "index": index, "epoch": self.epoch, "flip": flip}
+                "labels": self.targets[index], "index": index, "epoch": self.epoch, "flip": flip,
+                "path": str(record.path)}
 
 
 def collate(items: Sequence[dict]) -> dict:
@@ -144,4 +145,4 @@ def collate(items: Sequence[dict]) -> dict:
             "source_boxes": [it["source_boxes"] for it in items],
             "labels": torch.stack([it["labels"] for it in items]),
             "index": [it["index"] for it in items], "epoch": [it["epoch"] for it in items],
-            "flip": [it["flip"] for it in items]}
+            "flip": [it["flip"] for it in items], "path": [it["path"] for it in items]}

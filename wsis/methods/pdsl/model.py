@@ -19,8 +19,8 @@ proposals):
 2. head r's pseudo labels from head r-1's foreground probabilities (S^0 for r = 1), Eq. 3;
 3. the last head's pseudo labels (from S^0 when n^r = 0) give each proposal's class t_p and the top
    proposal per tagged class, from which the seeds are acquired (:mod:`wsis.methods.pdsl.seeds`); the
-   seeds' GrabCut masks come from ``self.seed_masks(image_index, boxes)`` (set by the method; cached
-   on disk);
+   seeds' GrabCut masks come from the ``seed_masks(image_path, boxes)`` argument of ``forward``
+   (the method passes its on-disk GrabCut cache);
 4. the mask branch runs on ``loss.mask_rois`` RoIs drawn from (seed, epoch, image) only
    (:func:`~wsis.methods.pdsl.masks.sample_mask_rois`), Eq. 5 and Eqs. 6-8 on them.
 """
@@ -43,7 +43,8 @@ from wsis.methods.pdsl.config import PDSLLossConfig, PDSLModelConfig
 from wsis.methods.pdsl.masks import (MaskHeads, correlation_loss, mask_targets, sample_mask_rois, segmentation_loss)
 from wsis.methods.pdsl.seeds import assign_seeds
 
-SeedMaskFn = Callable[[int, np.ndarray], np.ndarray]
+# (image path, (S, 4) xyxy boxes in original image coordinates) -> (S, H, W) bool masks
+SeedMaskFn = Callable[[str, np.ndarray], np.ndarray]
 
 
 # ---------------------------------------------------------------- backbone adaptation
@@ -110,7 +111,7 @@ def pdsl_backbone(cfg: PDSLModelConfig, pretrained: bool | str | None = None) ->
 # ---------------------------------------------------------------- the network
 
 class PDSLNet(nn.Module):
-    """Backbone, detection branch and segmentation branch; ``forward(batch)`` returns the losses."""
+    """Backbone, detection branch and segmentation branch; ``forward(batch, seed_masks)`` returns the losses."""
 
     def __init__(self, backbone: Backbone, num_classes: int, cfg: PDSLModelConfig,
                  loss: PDSLLossConfig | None = None, seed: int = 0) -> None:
@@ -127,7 +128,6 @@ class PDSLNet(nn.Module):
         self.detector = WSDDNHead(channels * cfg.roi_size ** 2, num_classes, cfg.hidden, cfg.dropout,
                                   cfg.refine_heads, cfg.box_regression)
         self.masker = MaskHeads(channels, num_classes, cfg.mask_heads, cfg.mask_channels, cfg.mask_convs)
-        self.seed_masks: SeedMaskFn | None = None  # set by the method before training
 
     # -- shared stages ---------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -157,7 +157,9 @@ class PDSLNet(nn.Module):
         return feats, scores, deltas
 
     # -- training ------------------------------------------------------------------------------
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, seed_masks: SeedMaskFn) -> dict[str, torch.Tensor]:
+        """Eq. 1's terms for a collated batch; ``seed_masks(image_path, boxes)`` gives the GrabCut masks
+        of the seeds, which are chosen here from the detection branch's own scores."""
         images, boxes, labels = batch["images"], batch["boxes"], batch["labels"]
         num_images = len(boxes)
         feats = self.features(images)
@@ -198,14 +200,14 @@ class PDSLNet(nn.Module):
             scores = out["refine"][-1].softmax(dim=1)[:, 1:] if heads else s0
             final = torch.cat([scores.new_zeros(len(scores), 1),
                                relative_to_best(scores, segments, num_images)], dim=1)
-        losses.update(self._mask_losses(batch, feats, boxes, segments, last, y.detach(), final))
+        losses.update(self._mask_losses(batch, seed_masks, feats, boxes, segments, last, y.detach(), final))
         return losses
 
     def _pseudo(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> PseudoLabels:
         return oicr_pseudo_labels(boxes, scores, labels, self.loss_cfg.fg_iou, self.loss_cfg.ignore_iou)
 
-    def _mask_losses(self, batch: dict, feats: torch.Tensor, boxes: list[torch.Tensor], segments: torch.Tensor,
-                     last: list[PseudoLabels], y: torch.Tensor, final: torch.Tensor | None
+    def _mask_losses(self, batch: dict, seed_masks: SeedMaskFn, feats: torch.Tensor, boxes: list[torch.Tensor],
+                     segments: torch.Tensor, last: list[PseudoLabels], y: torch.Tensor, final: torch.Tensor | None
                      ) -> dict[str, torch.Tensor]:
         lc = self.loss_cfg
         size = 2 * self.cfg.mask_roi_size
@@ -222,9 +224,7 @@ class PDSLNet(nn.Module):
             sel = sample_mask_rois(target.foreground, lc.mask_rois, lc.mask_fg_fraction, g).to(boxes[i].device)
             used, source = torch.unique(assignment.source[sel], return_inverse=True)
             seed_boxes = batch["source_boxes"][i][assignment.seeds[used]]
-            if self.seed_masks is None:
-                raise RuntimeError("PDSLNet.seed_masks is not set: the method provides the GrabCut masks")
-            masks = torch.from_numpy(self.seed_masks(index, seed_boxes.detach().cpu().numpy())).to(feats.device)
+            masks = torch.from_numpy(seed_masks(batch["path"][i], seed_boxes.detach().cpu().numpy())).to(feats.device)
             parts["targets"].append(mask_targets(masks, source, batch["orig_boxes"][i][sel], size,
                                                  bool(batch["flip"][i])))
             labels = target.labels[sel]

@@ -131,9 +131,9 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     return PRMPredictor(model, cfg, category_ids, records.categories, workdir, meta.get("class_thresholds"))
 
 
-def load(workdir: str | Path) -> "PRMPredictor":
+def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PRMPredictor":
     workdir = Path(workdir)
-    meta, cfg = read_trained(workdir, PRMMethodConfig, migrate_config)
+    meta, cfg = read_trained(workdir, PRMMethodConfig, migrate_config, overrides)
     category_ids, categories = trained_categories(meta)
     model = build_model(cfg, len(category_ids), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
@@ -144,12 +144,17 @@ def load(workdir: str | Path) -> "PRMPredictor":
 class PRMPredictor(Predictor):
     """A trained PRM classifier plus the retrieval stage."""
 
+    inference_keys = ("device", "proposals", "classifier.class_threshold", "peak_threshold", "max_peaks_per_class",
+                      "peak_backprop", "retrieval")
+
     def __init__(self, model: PRMNet, cfg: PRMMethodConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path, thresholds: Sequence[float] | None = None) -> None:
         super().__init__(cfg, category_ids, categories, workdir)
         self.model = model.to(self.device).eval()
         # per-class thresholds calibrated on training images (fit.thresholds=calibrated), else the config's one
         self._thresholds = None if thresholds is None else torch.tensor(list(thresholds), dtype=torch.float32)
+        self.top_scores: dict[int, tuple[float, int] | None] = {}  # image id -> (top class score, channel)
+        self._last_top: tuple[float, int] | None = None
 
     def class_thresholds(self) -> torch.Tensor:
         """(C,) score each class must reach in an image for its peaks to be kept."""
@@ -173,10 +178,29 @@ class PRMPredictor(Predictor):
         return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy()
 
     def _select_peaks(self, crm: torch.Tensor) -> torch.Tensor:
-        """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2."""
-        scores = peak_stimulation(crm, self.model.win_size, self.model.peak_filter)[0]
+        """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2 (with the
+        calibrated per-class thresholds when the run has them); the image's top class score is kept for
+        :meth:`why_empty`."""
+        with torch.no_grad():
+            scores = peak_stimulation(crm, self.model.win_size, self.model.peak_filter)[0]
+        self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
         allowed = scores >= self.class_thresholds().to(scores.device)
         return crm_peaks(self.model, crm, allowed, None, self.cfg.peak_threshold, self.cfg.max_peaks_per_class)
+
+    def why_empty(self, image_ids: Sequence[int]) -> str:
+        """The top class score over the images against ``classifier.class_threshold``."""
+        tops = [self.top_scores[i] for i in image_ids if self.top_scores.get(i) is not None]
+        if not tops:
+            return super().why_empty(image_ids)
+        score, channel = max(tops)
+        threshold = self.cfg.classifier.class_threshold
+        name = self.categories.get(self.category_ids[channel], str(self.category_ids[channel]))
+        if score < threshold:
+            return (f"every class score is below classifier.class_threshold={threshold:g} (highest {score:.2f}, "
+                    f"{name}); predict with classifier.class_threshold={np.floor(score * 10) / 10:g}, or train longer "
+                    f"(--config small for a few images)")
+        return (f"classes scored up to {score:.2f} ({name}, threshold {threshold:g}) but no proposal was retrieved "
+                f"for their peaks (peak_threshold={self.cfg.peak_threshold:g}, retrieval settings)")
 
     # -- prediction --------------------------------------------------------------------------
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
@@ -184,6 +208,7 @@ class PRMPredictor(Predictor):
         h, w = image.shape[:2]
         x = self.prepare(image)
         classes, prms, class_maps = self.peak_responses(x)
+        self.top_scores[record.image_id] = self._last_top
         props = self.proposals(record)
         if len(classes) == 0 or len(props) == 0 or props.masks is None:
             return Instances((h, w), masks=[])

@@ -143,8 +143,8 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
                         {"signal": "image-level tags", "pseudo_peaks": n})
 
 
-def load(workdir: str | Path) -> DetectorPredictor:
-    return load_detector(workdir, WiseMethodConfig, WisePredictor, migrate_config)
+def load(workdir: str | Path, overrides: Sequence[str] = ()) -> DetectorPredictor:
+    return load_detector(workdir, WiseMethodConfig, WisePredictor, migrate_config, overrides)
 
 
 def pseudo_label(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
