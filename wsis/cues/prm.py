@@ -67,17 +67,26 @@ def filter_values(crm: torch.Tensor, kind: PeakFilter) -> torch.Tensor | None:
 
 
 def peak_mask(crm: torch.Tensor, win_size: int = 3, peak_filter: PeakFilter = "median") -> torch.Tensor:
-    """Boolean (B, C, H, W) map of the peaks of ``crm`` (see the module docstring for the rules)."""
+    """Boolean (B, C, H, W) map of the peaks of ``crm`` (see the module docstring for the rules).
+
+    The reference's test -- the window's first arg-max in row-major order is the pixel itself -- is
+    computed as comparisons with the shifted map: a pixel must be strictly greater than the window
+    pixels before it in row-major order (the rows above, and to its left) and >= those after it.
+    Same answer as ``max_pool2d(..., return_indices=True)``, about twice as fast on a CPU.
+    """
     if win_size < 1 or win_size % 2 != 1:
         raise ValueError(f"win_size must be a positive odd number, got {win_size}")
     crm = crm.detach()
     h, w = crm.shape[-2:]
     off = win_size // 2
     padded = F.pad(crm, (off, off, off, off), value=float("-inf"))
-    _, argmax = F.max_pool2d(padded, win_size, stride=1, return_indices=True)
-    own = (torch.arange(h, device=crm.device)[:, None] + off) * (w + 2 * off) + \
-        (torch.arange(w, device=crm.device)[None, :] + off)
-    peaks = argmax == own
+    peaks = torch.ones_like(crm, dtype=torch.bool)
+    for dy in range(-off, off + 1):
+        for dx in range(-off, off + 1):
+            if dy == 0 and dx == 0:
+                continue
+            neighbour = padded[..., off + dy:off + dy + h, off + dx:off + dx + w]
+            peaks &= (crm > neighbour) if (dy < 0 or (dy == 0 and dx < 0)) else (crm >= neighbour)
     threshold = filter_values(crm, peak_filter)
     if threshold is not None:
         peaks &= crm >= threshold

@@ -42,6 +42,7 @@ from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
+from wsis.methods.prm.frozen import FitConfig, apply_prior, check, fit_frozen
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
 from wsis.proposals.config import ProposalConfig
 from wsis.proposals.retrieval import RetrievalConfig, retrieve
@@ -65,6 +66,8 @@ class PRMMethodConfig:
     peak_backprop: Literal["auto", "batched", "loop"] = "auto"
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(proposal_count=None))
+    # frozen/cached backbone, ImageNet class prior, calibrated thresholds (wsis.methods.prm.frozen)
+    fit: FitConfig = field(default_factory=FitConfig)
 
 
 # retrieval keys before PRM's and SGPO's scoring shared one config
@@ -98,23 +101,34 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     category_ids = sorted(records.categories)
     if not any(r.tags for r in records):
         raise InputError(records.name or "dataset", "no image has tags: PRM trains on image-level labels")
+    check(cfg.fit)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(category_ids))
-    dataset = TagDataset(records.records, category_ids, image_size=cfg.classifier.image_size,
-                         train=cfg.classifier.hflip, normalize=model.backbone.normalize, seed=cfg.seed)
-
-    def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
-        images, targets = batch
-        return prm_loss(net(images), targets)
-
+    names = [records.categories[c] for c in category_ids]
     meta = {"method": "prm", "config": to_dict(cfg), "category_ids": category_ids,
             "categories": {str(k): v for k, v in records.categories.items()}}
     started = time.perf_counter()
-    Trainer(model, prm_optimizer(model, cfg.classifier), step_fn=step, workdir=workdir, epochs=cfg.classifier.epochs,
-            device=cfg.device, seed=cfg.seed, batch_size=cfg.classifier.batch_size, num_workers=cfg.num_workers,
-            config=meta).fit(dataset)
+    if cfg.fit.frozen_backbone:
+        result = fit_frozen(model, records, category_ids, cfg.fit, cfg.classifier, workdir, cfg.seed)
+        meta["class_thresholds"] = [float(t) for t in result.thresholds]
+        meta["calibration"] = result.calibration
+        meta["head_losses"] = [result.losses[0], result.losses[-1]]
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        if cfg.fit.class_prior == "imagenet":
+            apply_prior(model, names)
+        dataset = TagDataset(records.records, category_ids, image_size=cfg.classifier.image_size,
+                             train=cfg.classifier.hflip, normalize=model.backbone.normalize, seed=cfg.seed)
+
+        def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
+            images, targets = batch
+            return prm_loss(net(images), targets)
+
+        Trainer(model, prm_optimizer(model, cfg.classifier), step_fn=step, workdir=workdir,
+                epochs=cfg.classifier.epochs, device=cfg.device, seed=cfg.seed,
+                batch_size=cfg.classifier.batch_size, num_workers=cfg.num_workers, config=meta).fit(dataset)
     save_trained(workdir, model, meta, started)
-    return PRMPredictor(model, cfg, category_ids, records.categories, workdir)
+    return PRMPredictor(model, cfg, category_ids, records.categories, workdir, meta.get("class_thresholds"))
 
 
 def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PRMPredictor":
@@ -123,7 +137,7 @@ def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PRMPredictor":
     category_ids, categories = trained_categories(meta)
     model = build_model(cfg, len(category_ids), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
-    return PRMPredictor(model, cfg, category_ids, categories, workdir)
+    return PRMPredictor(model, cfg, category_ids, categories, workdir, meta.get("class_thresholds"))
 
 
 @register("prm", PRMMethodConfig)
@@ -134,11 +148,19 @@ class PRMPredictor(Predictor):
                       "peak_backprop", "retrieval")
 
     def __init__(self, model: PRMNet, cfg: PRMMethodConfig, category_ids: list[int],
-                 categories: dict[int, str], workdir: Path) -> None:
+                 categories: dict[int, str], workdir: Path, thresholds: Sequence[float] | None = None) -> None:
         super().__init__(cfg, category_ids, categories, workdir)
         self.model = model.to(self.device).eval()
+        # per-class thresholds calibrated on training images (fit.thresholds=calibrated), else the config's one
+        self._thresholds = None if thresholds is None else torch.tensor(list(thresholds), dtype=torch.float32)
         self.top_scores: dict[int, tuple[float, int] | None] = {}  # image id -> (top class score, channel)
         self._last_top: tuple[float, int] | None = None
+
+    def class_thresholds(self) -> torch.Tensor:
+        """(C,) score each class must reach in an image for its peaks to be kept."""
+        if self._thresholds is not None:
+            return self._thresholds
+        return torch.full((len(self.category_ids),), float(self.cfg.classifier.class_threshold))
 
     # -- stages ------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> torch.Tensor:
@@ -161,13 +183,14 @@ class PRMPredictor(Predictor):
         return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps
 
     def _select_peaks(self, crm: torch.Tensor) -> torch.Tensor:
-        """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2; the
-        image's top class score is kept for :meth:`why_empty`."""
+        """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2 (with the
+        calibrated per-class thresholds when the run has them); the image's top class score is kept for
+        :meth:`why_empty`."""
         with torch.no_grad():
             scores = peak_stimulation(crm, self.model.win_size, self.model.peak_filter)[0]
         self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
-        return crm_peaks(self.model, crm, scores >= self.cfg.classifier.class_threshold, None,
-                         self.cfg.peak_threshold, self.cfg.max_peaks_per_class)
+        allowed = scores >= self.class_thresholds().to(scores.device)
+        return crm_peaks(self.model, crm, allowed, None, self.cfg.peak_threshold, self.cfg.max_peaks_per_class)
 
     def why_empty(self, image_ids: Sequence[int]) -> str:
         """The top class score over the images against ``classifier.class_threshold``."""
