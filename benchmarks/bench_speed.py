@@ -345,7 +345,7 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     trees = {"baseline": args.baseline.resolve(), "new": ROOT}
     results: dict[str, dict] = {}
-    for i, method in enumerate(methods):
+    for method in methods:
         workdir = args.runs.resolve() / method
         if not (workdir / "method.json").is_file():
             print(f"training a tiny {method} model in {workdir} ...", flush=True)

@@ -67,7 +67,7 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
     model = predictor.models[0]
     fill = fill_value("mean", model.backbone.mean)
     erased_any = False
-    for i, rec in enumerate(records.records):
+    for rec in records.records:
         x = model.backbone.normalize(stage_image(rec, 64, None, fill)[None])
         allowed = torch.tensor([c in rec.tags for c in category_ids])
         _, prms, _ = peak_response_maps(model, x, peaks=select_peaks(model, x, allowed, cfg), batched=False)

@@ -241,7 +241,7 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
         xn = model.backbone.normalize(x[None]).to(device)
         allowed = torch.zeros(len(category_ids), dtype=torch.bool)
         allowed[[column[c] for c in recs[i].tags if c in column]] = True
-        _, prms, _ = peak_response_maps(model, xn, select=lambda crm: peaks_from_crm(model, crm, allowed, cfg),
+        _, prms, _ = peak_response_maps(model, xn, select=lambda crm, allowed=allowed: peaks_from_crm(model, crm, allowed, cfg),
                                         batched=_batched(cfg, device))
         new = erase_mask(prms.cpu(), cfg.erasing.delta, cfg.erasing.scale)
         previous = torch.from_numpy(load_mask(masks[i])) if masks[i] is not None else torch.zeros_like(new)
