@@ -137,7 +137,13 @@ def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PRMPredictor":
     category_ids, categories = trained_categories(meta)
     model = build_model(cfg, len(category_ids), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
-    return PRMPredictor(model, cfg, category_ids, categories, workdir, meta.get("class_thresholds"))
+    thresholds = meta.get("class_thresholds")
+    if thresholds is not None and any(o.split("=", 1)[0].strip() == "classifier.class_threshold" for o in overrides):
+        # an explicit threshold is the user's choice: it replaces the calibrated ones rather than being ignored
+        print(f"classifier.class_threshold given: it replaces the {len(thresholds)} per-class thresholds "
+              "calibrated on the training images")
+        thresholds = None
+    return PRMPredictor(model, cfg, category_ids, categories, workdir, thresholds)
 
 
 @register("prm", PRMMethodConfig)
