@@ -351,18 +351,7 @@ def group_regions(image: np.ndarray, labels: np.ndarray, gradient: np.ndarray, s
         shared_sum, shared_len = neighbours[a][b]
         contour_sum[c] = contour_sum[a] + contour_sum[b] - 2 * shared_sum
         contour_len[c] = contour_len[a] + contour_len[b] - 2 * shared_len
-        joined: dict[int, tuple[float, float]] = {}
-        for r in (a, b):
-            for m, (s, ln) in neighbours[r].items():
-                if m in (a, b):
-                    continue
-                s0, l0 = joined.get(m, (0.0, 0.0))
-                joined[m] = (s0 + s, l0 + ln)
-                del neighbours[m][r]
-            neighbours[r] = {}
-        for m, v in joined.items():
-            neighbours[m][c] = v
-        neighbours[c] = joined
+        joined = merge_adjacency(neighbours, a, b, c)
         if joined:
             others = np.fromiter(joined.keys(), dtype=np.int64, count=len(joined))
             for s, m in zip((-similarity(c, others)).tolist(), others.tolist()):
@@ -373,6 +362,26 @@ def group_regions(image: np.ndarray, labels: np.ndarray, gradient: np.ndarray, s
         area[:count], contour_sum[:count], contour_len[:count], border_len[:count],
         mean_gradient, image_area,
     )
+
+
+def merge_adjacency(neighbours: list[dict[int, tuple[float, float]]], a: int, b: int, c: int
+                    ) -> dict[int, tuple[float, float]]:
+    """Region ``c`` = ``a`` + ``b`` in a region adjacency graph whose edges carry (boundary sum,
+    boundary length): ``c`` gets the summed edges of both to every other neighbour, ``a`` and ``b``
+    leave the graph (in place). Returns ``c``'s edges. Shared by the colour and the UCM hierarchies."""
+    joined: dict[int, tuple[float, float]] = {}
+    for r in (a, b):
+        for m, (total, length) in neighbours[r].items():
+            if m in (a, b):
+                continue
+            s0, l0 = joined.get(m, (0.0, 0.0))
+            joined[m] = (s0 + total, l0 + length)
+            del neighbours[m][r]
+        neighbours[r] = {}
+    for m, edge in joined.items():
+        neighbours[m][c] = edge
+    neighbours[c] = joined
+    return joined
 
 
 def deduplicate(rles: list[dict], boxes: np.ndarray, areas: np.ndarray, iou_threshold: float,

@@ -53,6 +53,7 @@ from skimage.segmentation import watershed
 from wsis import masks as mask_ops
 from wsis.proposals import Proposals, check_image
 from wsis.proposals.masks import (
+    merge_adjacency,
     _adjacency,
     _xyxy,
     colour_gradient,
@@ -210,19 +211,8 @@ def build_ucm(labels: np.ndarray, edges: np.ndarray, levels: tuple[int, ...] = D
         shared_sum, shared_len = neighbours[a][b]
         contour_sum[c] = contour_sum[a] + contour_sum[b] - 2 * shared_sum
         contour_len[c] = contour_len[a] + contour_len[b] - 2 * shared_len
-        joined: dict[int, tuple[float, float]] = {}
-        for r in (a, b):
-            for m, (s, ln) in neighbours[r].items():
-                if m in (a, b):
-                    continue
-                s0, l0 = joined.get(m, (0.0, 0.0))
-                joined[m] = (s0 + s, l0 + ln)
-                del neighbours[m][r]
-            neighbours[r] = {}
-        for m, (s, ln) in joined.items():
-            neighbours[m][c] = (s, ln)
+        for m, (s, ln) in merge_adjacency(neighbours, a, b, c).items():
             heapq.heappush(heap, (s / ln, c, m))
-        neighbours[c] = joined
         count -= 1
         if wanted and count == wanted[0]:
             wanted.pop(0)
