@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, add_data_args, commit
+from common import ROOT, add_data_args, commit, machine, pct
 from wsis.config import load_config
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
@@ -130,8 +129,7 @@ def main() -> None:
                   "median_s_mser_sgpo_T2": statistics.median(t_full),
                   "median_s_proposals": statistics.median(t_prop),
                   "image_size": main_run.cfg.classifier.image_size, "peak_backprop": main_run.cfg.peak_backprop},
-        "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "cuda": torch.cuda.is_available(), "torch": torch.__version__},
+        "machine": machine(),
         "rows": [{**r, "delta": r["run"], "all80": evaluate(scored, preds[r["name"]]),
                   "voc20": voc20(scored, preds[r["name"]])} for r in rows],
     }
@@ -149,9 +147,6 @@ def voc20(gt, preds) -> dict | None:
 
 
 def markdown_table(result: dict) -> str:
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}"
-
     lines = ["| model | T | delta | scoring | classes | mAP^r@0.25 | @0.5 | @0.75 | ABO | COCO AP | AP50 | AP75 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:

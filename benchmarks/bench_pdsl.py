@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from common import ROOT, add_data_args, commit, peak_rss_mib
+from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.errors import InputError
@@ -125,16 +124,12 @@ def main() -> None:
     result = {"method": "pdsl", "commit": commit(), "config": str(args.config), "overrides": args.overrides,
               "val_images": len(val), "median_s_proposals": statistics.median(t_prop.values()),
               "variants": runs, "peak_rss_mib": peak_rss_mib(),
-              "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "cuda": torch.cuda.is_available(), "torch": torch.__version__}}
+              "machine": machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
         json.dump(result, f, indent=2, default=str)
     print(markdown(result))
 
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def markdown(result: dict) -> str:
@@ -149,9 +144,9 @@ def markdown(result: dict) -> str:
                 continue
             v, c, d = run[subset]["voc"], run[subset]["coco"], run[subset]["detection"]
             lines.append(f"| {name} | {m['refine_heads']} | {m['mask_heads']} | {loss['n_seed']} | {acl} | {subset} | "
-                         f"{_pct(v['mAP']['0.25'])} | {_pct(v['mAP']['0.5'])} | {_pct(v['mAP']['0.75'])} | "
-                         f"{_pct(v['abo'])} | {_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(c['AP75'])} | "
-                         f"{_pct(d['mAP@0.5'])} | {_pct(d['corloc'])} | {run['train']['seconds']:.0f} | "
+                         f"{pct(v['mAP']['0.25'])} | {pct(v['mAP']['0.5'])} | {pct(v['mAP']['0.75'])} | "
+                         f"{pct(v['abo'])} | {pct(c['AP'])} | {pct(c['AP50'])} | {pct(c['AP75'])} | "
+                         f"{pct(d['mAP@0.5'])} | {pct(d['corloc'])} | {run['train']['seconds']:.0f} | "
                          f"{run['inference']['median_s']:.2f} |")
     lines.append(f"\n{result['val_images']} val images; s/img = median of prediction + proposal generation "
                  f"(proposals alone {result['median_s_proposals']:.2f} s); machine: {result['machine']['platform']}, "

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
 
-from common import ROOT, add_data_args, commit, load_train_set, peak_rss_mib
+from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
@@ -81,8 +79,7 @@ def main() -> None:
                       "median_s_proposals": statistics.median(t_prop),
                       "image_size": meta["config"].get("classifier", meta["config"].get("prm"))["image_size"]},
         "peak_rss_mib": peak_rss_mib(),
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
-                    "cuda": torch.cuda.is_available(), "torch": torch.__version__},
+        "machine": machine(),
         "all80": evaluate(scored, preds),
         "voc20": evaluate(scored, preds, subset="voc20"),
     }
@@ -93,9 +90,6 @@ def main() -> None:
 
 
 def markdown_rows(r: dict) -> str:
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}"
-
     lines = ["| method | classes | mAP^r@0.25 | @0.5 | @0.7 | @0.75 | ABO | COCO AP | AP50 | AP75 | "
              "train s | s/img (excl. / incl. proposals) | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import DATA, ROOT, commit, peak_rss_mib
+from common import DATA, ROOT, commit, machine, pct, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
@@ -137,17 +136,13 @@ def main() -> None:
         "on_train": scores(train_eval, train_preds), "on_val": scores(val, val_preds), "rpn_recall": recall,
         "inference_median_s": statistics.median(seconds), "val_images": len(val),
         "peak_rss_mib": peak_rss_mib(),
-        "machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "cuda": torch.cuda.is_available(), "torch": torch.__version__},
+        "machine": machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
         json.dump(result, f, indent=2)
     print(markdown(result))
 
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def markdown(r: dict) -> str:
@@ -157,13 +152,13 @@ def markdown(r: dict) -> str:
                          ("on_val", f"coco-val50 ({r['val_images']})")):
         for subset in ("all80", "voc20"):
             v, c = r[where][subset]["voc"], r[where][subset]["coco"]
-            lines.append(f"| {label} | {subset} | {_pct(v['mAP']['0.25'])} | {_pct(v['mAP']['0.5'])} | "
-                         f"{_pct(v['mAP']['0.7'])} | {_pct(v['mAP']['0.75'])} | {_pct(v['abo'])} | "
-                         f"{_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(c['AP75'])} |")
+            lines.append(f"| {label} | {subset} | {pct(v['mAP']['0.25'])} | {pct(v['mAP']['0.5'])} | "
+                         f"{pct(v['mAP']['0.7'])} | {pct(v['mAP']['0.75'])} | {pct(v['abo'])} | "
+                         f"{pct(c['AP'])} | {pct(c['AP50'])} | {pct(c['AP75'])} |")
     rec = r["rpn_recall"]
     lines.append(f"\nRPN recall of the ground-truth boxes (test-time proposals, box IoU >= 0.5 / 0.7): training images "
-                 f"{_pct(rec['train']['recall@0.5'])} / {_pct(rec['train']['recall@0.7'])}, coco-val50 "
-                 f"{_pct(rec['val']['recall@0.5'])} / {_pct(rec['val']['recall@0.7'])}")
+                 f"{pct(rec['train']['recall@0.5'])} / {pct(rec['train']['recall@0.7'])}, coco-val50 "
+                 f"{pct(rec['val']['recall@0.5'])} / {pct(rec['val']['recall@0.7'])}")
     stopped = r["train"].get("stopped_at_step")
     steps = f"stopped at step {stopped} of {r['train']['steps']}" if stopped else f"{r['train']['steps']} steps"
     lines.append(f"\ntrain {r['train']['seconds'] or 0:.0f} s ({steps}), "

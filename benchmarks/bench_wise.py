@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
 
-from common import ROOT, add_data_args, commit, peak_rss_mib
+from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.detectors.refine import refine_with_proposals
@@ -104,16 +102,12 @@ def main() -> None:
             "refined": scores(val, timed["refined"]),
         }
     result = {"commit": commit(), "val_images": len(val), "runs": runs, "peak_rss_mib": peak_rss_mib(),
-              "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(),
-                          "cuda": torch.cuda.is_available(), "torch": torch.__version__}}
+              "machine": machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
         json.dump(result, f, indent=2)
     print(markdown(result))
 
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def markdown(r: dict) -> str:
@@ -129,9 +123,9 @@ def markdown(r: dict) -> str:
             v, c = run[kind][subset]["voc"], run[kind][subset]["coco"]
             full = m["plain"][subset]["voc"]["mAP"]["0.5"]
             ratio = "-" if not full else f"{v['mAP']['0.5'] / full:.2f}"
-            lines.append(f"| {label} ({run['config']['detector']['backbone']}) | {subset} | {_pct(v['mAP']['0.25'])} | "
-                         f"{_pct(v['mAP']['0.5'])} | {_pct(v['mAP']['0.7'])} | {_pct(v['mAP']['0.75'])} | "
-                         f"{_pct(v['abo'])} | {_pct(c['AP'])} | {_pct(c['AP50'])} | {_pct(c['AP75'])} | {ratio} | "
+            lines.append(f"| {label} ({run['config']['detector']['backbone']}) | {subset} | {pct(v['mAP']['0.25'])} | "
+                         f"{pct(v['mAP']['0.5'])} | {pct(v['mAP']['0.7'])} | {pct(v['mAP']['0.75'])} | "
+                         f"{pct(v['abo'])} | {pct(c['AP'])} | {pct(c['AP50'])} | {pct(c['AP75'])} | {ratio} | "
                          f"{train_s:.0f} | {seconds:.2f} |")
     return "\n".join(lines)
 

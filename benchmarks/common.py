@@ -3,6 +3,7 @@ BENCHMARK.md train/val arguments, and the provenance recorded with each result."
 from __future__ import annotations
 
 import argparse
+import platform
 import resource
 import subprocess
 from pathlib import Path
@@ -47,3 +48,16 @@ def commit() -> str:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine() -> dict:
+    """Where a result was measured: torch's thread count, the platform, CUDA and torch versions."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(), "torch": torch.__version__}
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal for the tables; '-' where undefined."""
+    return "-" if x is None else f"{100 * x:.1f}"
