@@ -33,14 +33,14 @@ from common import ROOT, VAL_JSON, commit, peak_rss_mib
 
 from wsis import masks as mask_ops
 from wsis.cues.peak_backprop import peak_response_maps
-from wsis.cues.peaks import select_peaks
+from wsis.cues.peaks import select_peak_indices
 from wsis.cues.prm import peak_stimulation
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
 from wsis.eval.subsets import voc20_ids
 from wsis.eval.tags import tag_map, threshold_precision_recall
-from wsis.proposals.retrieval import proposal_scores, select_instances
+from wsis.proposals.retrieval import contour_masks, proposal_scores, select_instances
 from wsis.structures import Instances
 
 RESULTS = ROOT / "benchmarks/results/diagnose"
@@ -70,11 +70,33 @@ def peak_image_coords(peaks: np.ndarray, crm_hw: tuple[int, int], model, size: i
     return np.stack([ys, xs], axis=1)
 
 
-def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
-    """Everything the rows need from one image."""
+def peak_stage_key(pred, record, thresholds: np.ndarray, max_peaks: int | None) -> str:
+    """Everything the peak stage of one image depends on: the trained weights, the image, the
+    thresholds, the classifier's resolution, the peak rule (without the per-class cap, which is
+    applied afterwards from the values: the top-k of a class are a prefix of its top-(k+n))."""
+    import hashlib
+
     cfg = pred.cfg
-    image = load_image(record.path)
-    h, w = image.shape[:2]
+    h = hashlib.sha1()
+    h.update(pred.model.classifier.weight.detach().cpu().numpy().tobytes())
+    h.update(Path(record.path).read_bytes())
+    h.update(np.asarray(thresholds, np.float64).tobytes())
+    h.update(repr((cfg.classifier.image_size, cfg.peak_threshold, max_peaks, sorted(record.tags))).encode())
+    return h.hexdigest()[:20]
+
+
+def peak_stage(pred, record, image: np.ndarray, thresholds: np.ndarray, cache: Path | None,
+               max_peaks: int | None) -> dict:
+    """Class scores, the kept peaks (of the passed and the ground-truth classes, at most ``max_peaks``
+    per class) with their CRM values and PRMs, and the class maps of the peaks' classes at the
+    classifier's resolution; read from ``cache`` when it has them (the backward passes are the cost)."""
+    path = None
+    if cache is not None:
+        path = cache / f"{record.image_id}-{peak_stage_key(pred, record, thresholds, max_peaks)}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+    cfg = pred.cfg
     x = pred.prepare(image)
     cat_ids = np.asarray(pred.category_ids)
     gt_cols = np.isin(cat_ids, np.asarray(record.tags, dtype=np.int64))
@@ -87,26 +109,85 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         holder["passed"] = passed
         peaks, values = pred.model.find_peaks(crm)
         allowed = torch.from_numpy(passed | gt_cols).to(crm.device)
-        return select_peaks(peaks, values, allowed, cfg.peak_threshold, cfg.max_peaks_per_class)
+        idx = select_peak_indices(peaks[:, 1], values, allowed, cfg.peak_threshold, max_peaks)
+        holder["values"] = values[idx].cpu().numpy()
+        return peaks[idx]
 
     batched = cfg.peak_backprop == "batched" or (cfg.peak_backprop == "auto" and pred.device.type == "cuda")
     peaks, prms, crm = peak_response_maps(pred.model, x, select=select, batched=batched)
     s = x.shape[-1]
-    class_maps = torch.nn.functional.interpolate(crm[None], size=(s, s), mode="bicubic", align_corners=False)[0]
-    peaks_np, prms, class_maps = peaks.cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy()
-    props = pred.proposals(record)
+    peaks_np = peaks.cpu().numpy()
+    used = np.unique(peaks_np[:, 1]) if len(peaks_np) else np.zeros(0, np.int64)
+    class_maps = np.zeros((len(used), s, s), np.float32)
+    if len(used):
+        up = torch.nn.functional.interpolate(crm[torch.from_numpy(used)][None], size=(s, s), mode="bicubic",
+                                             align_corners=False)[0]
+        class_maps = up.cpu().numpy()
+    out = {"scores": holder["scores"], "passed": holder["passed"], "gt_cols": gt_cols, "peaks": peaks_np,
+           "values": holder["values"], "prms": prms.cpu().numpy().astype(np.float32), "used": used,
+           "class_maps": class_maps, "crm_hw": np.asarray(crm.shape[-2:]), "size": np.asarray(s)}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(path)
+    return out
+
+
+def cap_peaks(stage: dict, max_per_class: int | None, relative: float | None = None) -> np.ndarray:
+    """Indices of the stage's peaks kept with at most ``max_per_class`` per class (highest value first)
+    and none below ``relative`` times its class's strongest (the same rule as inference: the stage
+    holds each class's top peaks, so its strongest too)."""
+    classes = torch.from_numpy(stage["peaks"][:, 1]) if len(stage["peaks"]) else torch.zeros(0, dtype=torch.long)
+    values = torch.from_numpy(stage["values"])
+    allowed = torch.ones(int(classes.max()) + 1 if len(classes) else 1, dtype=torch.bool)
+    return select_peak_indices(classes, values, allowed, None, max_per_class, relative=relative).numpy()
+
+
+def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = None,
+                  cache_max_peaks: int | None = None, memo: dict | None = None) -> dict:
+    """Everything the rows need from one image. ``memo`` (a dict per image) keeps what does not depend
+    on the retrieval settings (the image, its proposals at both resolutions, their IoU with the ground
+    truth) across calls with several settings (benchmarks/tune_retrieval.py)."""
+    cfg = pred.cfg
+    memo = {} if memo is None else memo
+    if "image" not in memo:
+        memo["image"] = load_image(record.path)
+    image = memo["image"]
+    h, w = image.shape[:2]
+    cache_max = cfg.max_peaks_per_class if cache is None else cache_max_peaks
+    if cache_max is not None and cfg.max_peaks_per_class is not None and cfg.max_peaks_per_class > cache_max:
+        raise SystemExit(f"max_peaks_per_class={cfg.max_peaks_per_class} > --cache-max-peaks {cache_max}")
+    stage = peak_stage(pred, record, image, thresholds, cache, cache_max)
+    keep = cap_peaks(stage, cfg.max_peaks_per_class, getattr(cfg, "peak_relative_threshold", 0.0))
+    peaks_np, prms = stage["peaks"][keep], stage["prms"][keep]
+    s = int(stage["size"])
+    class_maps = np.zeros((len(pred.category_ids), s, s), np.float32)
+    class_maps[stage["used"]] = stage["class_maps"]
+    crm_hw = tuple(int(v) for v in stage["crm_hw"])
+    cat_ids = np.asarray(pred.category_ids)
+    gt_cols = stage["gt_cols"]
+    holder = {"scores": stage["scores"], "passed": stage["passed"]}
+    if "props" not in memo:
+        memo["props"] = pred.proposals(record)
+    props = memo["props"]
     out = {"scores": holder["scores"], "passed": holder["passed"], "gt_cols": gt_cols}
     gt = record.gt
     gt_keep = ~record.crowd if gt is not None else np.zeros(0, bool)
     gt_rles = [m for m, k in zip(gt.masks, gt_keep) if k] if gt is not None and len(gt) else []
     gt_labels = gt.labels[gt_keep] if gt is not None and len(gt) else np.zeros(0, np.int64)
     # (c) ceiling among the proposals retrieval may pick (size limits)
-    areas = mask_ops.area(props.masks) if props.masks else np.zeros(0)
+    if "areas" not in memo:
+        memo["areas"] = mask_ops.area(props.masks) if props.masks else np.zeros(0)
+    areas = memo["areas"]
     lo, hi = cfg.retrieval.size_limit
     pickable = (areas >= lo * h * w) & (areas < hi * h * w)
     if cfg.retrieval.proposal_count is not None:
         pickable[cfg.retrieval.proposal_count:] = False
-    iou = mask_ops.iou(props.masks, gt_rles) if gt_rles and props.masks else np.zeros((len(areas), len(gt_rles)))
+    if "iou" not in memo:
+        memo["iou"] = (mask_ops.iou(props.masks, gt_rles) if gt_rles and props.masks
+                       else np.zeros((len(areas), len(gt_rles))))
+    iou = memo["iou"]
     best_iou = np.where(pickable[:, None], iou, 0).max(axis=0) if len(areas) else np.zeros(len(gt_rles))
     out["ceiling"] = {"labels": gt_labels, "best_iou": best_iou}
     out["preds"] = {}
@@ -115,8 +196,14 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         for kind in ("predicted", "oracle"):
             out["preds"][kind] = Instances((h, w), masks=[])
         return out
-    small = mask_ops.resize_nearest(props.mask_array(), s, s)
-    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.retrieval)
+    if "small" not in memo:
+        memo["small"] = mask_ops.decode_resized(props.masks, props.image_size, s, s)
+    small = memo["small"]
+    contour_key = ("contours", cfg.retrieval.contour_width)
+    if contour_key not in memo:
+        memo[contour_key] = contour_masks(small, cfg.retrieval.contour_width)
+    contours = memo[contour_key]
+    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.retrieval, contours)
     for kind, cols in (("predicted", holder["passed"]), ("oracle", gt_cols)):
         sel = np.flatnonzero(cols[peaks_np[:, 1]])
         if len(sel) == 0:
@@ -129,9 +216,11 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         out["preds"][kind] = Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels,
                                        scores=found.scores, masks=chosen)
     # (d) per oracle peak, before NMS
-    gt_dense = mask_ops.decode_many(gt_rles, (h, w)) if gt_rles else np.zeros((0, h, w), bool)
+    if "gt_dense" not in memo:
+        memo["gt_dense"] = mask_ops.decode_many(gt_rles, (h, w)) if gt_rles else np.zeros((0, h, w), bool)
+    gt_dense = memo["gt_dense"]
     gt_area = gt_dense.reshape(len(gt_dense), -1).sum(axis=1)
-    coords = peak_image_coords(peaks_np, crm.shape[-2:], pred.model, s, (h, w))
+    coords = peak_image_coords(peaks_np, crm_hw, pred.model, s, (h, w))
     for k in np.flatnonzero(gt_cols[peaks_np[:, 1]]):
         label = cat_ids[peaks_np[k, 1]]
         y, xx = coords[k]
@@ -229,6 +318,10 @@ def main() -> None:
     parser.add_argument("--val", type=Path, default=VAL_JSON)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stage-cache", type=Path, help="folder caching each image's peak stage (scores, peaks, "
+                        "PRMs, class maps): retrieval variants of one trained run then skip the backward passes")
+    parser.add_argument("--cache-max-peaks", type=int, default=16,
+                        help="peaks per class the stage cache holds (>= max_peaks_per_class of every variant)")
     parser.add_argument("overrides", nargs="*", help="retrieval.KEY=VALUE etc. applied to the loaded config")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -246,7 +339,7 @@ def main() -> None:
     per_image, seconds = [], []
     for i, record in enumerate(records):
         t0 = time.perf_counter()
-        per_image.append(analyse_image(pred, record, thresholds))
+        per_image.append(analyse_image(pred, record, thresholds, args.stage_cache, args.cache_max_peaks))
         seconds.append(time.perf_counter() - t0)
         print(f"  {i + 1}/{len(records)} image {record.image_id}: {time.perf_counter() - started:.0f} s", file=sys.stderr,
               flush=True)

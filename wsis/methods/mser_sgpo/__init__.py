@@ -124,7 +124,7 @@ def peaks_from_crm(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | Non
                    ) -> torch.Tensor:
     """:func:`select_peaks` from an already computed upsampled CRM (1, C, h, w)."""
     return crm_peaks(model, crm, allowed, cfg.classifier.class_threshold, cfg.peak_threshold,
-                     cfg.max_peaks_per_class)
+                     cfg.max_peaks_per_class, cfg.peak_relative_threshold)
 
 
 def _batched(cfg: MSERSGPOConfig, device: torch.device) -> bool:
