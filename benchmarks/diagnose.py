@@ -18,6 +18,11 @@ row of ``benchmarks/results/diagnose.md``, on all 80 classes and on the VOC20 su
 Each run adds or replaces its row (``--name``) in ``diagnose.json`` and rewrites ``diagnose.md``.
 
     python benchmarks/diagnose.py --workdir runs/prm_baseline --name "PRM baseline" [--thresholds T.json]
+
+``--stage-cache DIR`` keeps each image's peak stage (class scores, the top ``--cache-max-peaks`` peaks
+per class with their values and PRMs, the class maps) on disk, keyed by the class layer's weights,
+the image, the thresholds and the peak rule: rows that differ only in the test stage (peaks per class,
+relative peak threshold, retrieval score, NMS; ``key=value`` overrides) then skip the backward passes.
 """
 from __future__ import annotations
 
@@ -189,7 +194,9 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
                        else np.zeros((len(areas), len(gt_rles))))
     iou = memo["iou"]
     best_iou = np.where(pickable[:, None], iou, 0).max(axis=0) if len(areas) else np.zeros(len(gt_rles))
-    out["ceiling"] = {"labels": gt_labels, "best_iou": best_iou}
+    # peaked: instances with a peak of their class inside (set below): the ABO retrieval could reach
+    # with these peaks if each picked its instance's best proposal
+    out["ceiling"] = {"labels": gt_labels, "best_iou": best_iou, "peaked": np.zeros(len(gt_rles), bool)}
     out["preds"] = {}
     out["retrieval"] = []
     if len(peaks_np) == 0 or props.masks is None or len(props) == 0:
@@ -226,6 +233,7 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
         y, xx = coords[k]
         inside = [g for g in range(len(gt_rles)) if gt_labels[g] == label and gt_dense[g, y, xx]]
         entry = {"label": int(label), "inside": bool(inside)}
+        out["ceiling"]["peaked"][inside] = True
         if inside and np.isfinite(scores[k]).any():
             g = min(inside, key=lambda i: gt_area[i])
             picked = int(np.argmax(scores[k]))
@@ -258,8 +266,12 @@ def summarise(per_image: list[dict], records, categories, cat_ids: np.ndarray, t
             row[kind]["coco"] = {k: full["coco"].get(k) for k in ("AP", "AP50", "AP75")}
     best = np.concatenate([p["ceiling"]["best_iou"][np.isin(p["ceiling"]["labels"], list(keep_ids))]
                            for p in per_image])
+    peaked = np.concatenate([p["ceiling"]["peaked"][np.isin(p["ceiling"]["labels"], list(keep_ids))]
+                             for p in per_image])
     row["ceiling"] = {"ABO": float(best.mean()) if len(best) else 0.0,
-                      "recall_0.5": float((best >= 0.5).mean()) if len(best) else 0.0, "instances": len(best)}
+                      "recall_0.5": float((best >= 0.5).mean()) if len(best) else 0.0, "instances": len(best),
+                      "peaked": float(peaked.mean()) if len(best) else 0.0,
+                      "peak_bound_ABO": float((best * peaked).mean()) if len(best) else 0.0}
     peaks = [e for p in per_image for e in p["retrieval"] if e["label"] in keep_ids]
     scored = [e for e in peaks if "picked_iou" in e]
     missed = [e for e in scored if not e["is_best"]]
@@ -286,11 +298,13 @@ def markdown(rows: dict) -> str:
              "predicted tags; (b) the same with oracle tags; (c) proposal ceiling: ABO and recall@0.5 of the best "
              "pickable proposal per instance; (d) peaks of GT classes inside an instance of their class, how often "
              "retrieval picks that instance's best proposal, the mean IoU lost when not, mean picked / best IoU, "
-             "median picked-area / instance-area.", ""]
+             "median picked-area / instance-area; instances with a peak of their class inside and the *peak bound*: "
+             "the ABO if each of them got its best pickable proposal and the others nothing (rows measured before "
+             "this column: -).", ""]
     head = ("| row | classes | (a) tag mAP | (a) P / R at thr | mAP^r .25 / .5 / ABO | (b) oracle .25 / .5 / ABO | "
             "(c) ceiling ABO / R@.5 | (d) in inst. | (d) picks best | (d) IoU lost | (d) picked / best IoU | "
-            "(d) area ratio |")
-    lines += [head, "|" + "---|" * 12]
+            "(d) area ratio | (d) peaked inst. / peak bound ABO |")
+    lines += [head, "|" + "---|" * 13]
     for name, r in rows.items():
         for subset in ("all80", "voc20"):
             s = r[subset]
@@ -301,7 +315,9 @@ def markdown(rows: dict) -> str:
                 f"{pct(p['ABO'])} | {pct(o['mAP_0.25'])} / {pct(o['mAP_0.5'])} / {pct(o['ABO'])} | "
                 f"{pct(c['ABO'])} / {pct(c['recall_0.5'])} | {pct(d['inside_instance'])} of {d['peaks']} | "
                 f"{pct(d['picks_best_rate'])} | {pct(d['iou_lost_when_not'])} | {pct(d['picked_iou'])} / "
-                f"{pct(d['best_iou'])} | {d['median_area_ratio']:.2f} |")
+                f"{pct(d['best_iou'])} | {d['median_area_ratio']:.2f} | "
+                f"{pct(c['peaked']) if 'peaked' in c else '-'} / "
+                f"{pct(c['peak_bound_ABO']) if 'peak_bound_ABO' in c else '-'} |")
     notes = [r.get("note") for r in rows.values() if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + [f"- **{n}**: {r['note']}" for n, r in rows.items() if r.get("note")]
