@@ -86,7 +86,7 @@ def peak_stage_key(pred, record, thresholds: np.ndarray, max_peaks: int | None) 
     h.update(pred.model.classifier.weight.detach().cpu().numpy().tobytes())
     h.update(Path(record.path).read_bytes())
     h.update(np.asarray(thresholds, np.float64).tobytes())
-    h.update(repr((cfg.classifier.image_size, cfg.peak_threshold, max_peaks, sorted(record.tags))).encode())
+    h.update(repr((cfg.data.image_size, cfg.test.peak_threshold, max_peaks, sorted(record.tags))).encode())
     return h.hexdigest()[:20]
 
 
@@ -114,11 +114,11 @@ def peak_stage(pred, record, image: np.ndarray, thresholds: np.ndarray, cache: P
         holder["passed"] = passed
         peaks, values = pred.model.find_peaks(crm)
         allowed = torch.from_numpy(passed | gt_cols).to(crm.device)
-        idx = select_peak_indices(peaks[:, 1], values, allowed, cfg.peak_threshold, max_peaks)
+        idx = select_peak_indices(peaks[:, 1], values, allowed, cfg.test.peak_threshold, max_peaks)
         holder["values"] = values[idx].cpu().numpy()
         return peaks[idx]
 
-    batched = cfg.peak_backprop == "batched" or (cfg.peak_backprop == "auto" and pred.device.type == "cuda")
+    batched = cfg.test.peak_backprop == "batched" or (cfg.test.peak_backprop == "auto" and pred.device.type == "cuda")
     peaks, prms, crm = peak_response_maps(pred.model, x, select=select, batched=batched)
     s = x.shape[-1]
     peaks_np = peaks.cpu().numpy()
@@ -160,11 +160,11 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
         memo["image"] = load_image(record.path)
     image = memo["image"]
     h, w = image.shape[:2]
-    cache_max = cfg.max_peaks_per_class if cache is None else cache_max_peaks
-    if cache_max is not None and cfg.max_peaks_per_class is not None and cfg.max_peaks_per_class > cache_max:
-        raise SystemExit(f"max_peaks_per_class={cfg.max_peaks_per_class} > --cache-max-peaks {cache_max}")
+    cache_max = cfg.test.max_peaks_per_class if cache is None else cache_max_peaks
+    if cache_max is not None and cfg.test.max_peaks_per_class is not None and cfg.test.max_peaks_per_class > cache_max:
+        raise SystemExit(f"max_peaks_per_class={cfg.test.max_peaks_per_class} > --cache-max-peaks {cache_max}")
     stage = peak_stage(pred, record, image, thresholds, cache, cache_max)
-    keep = cap_peaks(stage, cfg.max_peaks_per_class, getattr(cfg, "peak_relative_threshold", 0.0))
+    keep = cap_peaks(stage, cfg.test.max_peaks_per_class, cfg.test.peak_relative_threshold)
     peaks_np, prms = stage["peaks"][keep], stage["prms"][keep]
     s = int(stage["size"])
     class_maps = np.zeros((len(pred.category_ids), s, s), np.float32)
@@ -185,10 +185,10 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
     if "areas" not in memo:
         memo["areas"] = mask_ops.area(props.masks) if props.masks else np.zeros(0)
     areas = memo["areas"]
-    lo, hi = cfg.retrieval.size_limit
+    lo, hi = cfg.test.retrieval.size_limit
     pickable = (areas >= lo * h * w) & (areas < hi * h * w)
-    if cfg.retrieval.proposal_count is not None:
-        pickable[cfg.retrieval.proposal_count:] = False
+    if cfg.test.retrieval.proposal_count is not None:
+        pickable[cfg.test.retrieval.proposal_count:] = False
     if "iou" not in memo:
         memo["iou"] = (mask_ops.iou(props.masks, gt_rles) if gt_rles and props.masks
                        else np.zeros((len(areas), len(gt_rles))))
@@ -206,18 +206,18 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
     if "small" not in memo:
         memo["small"] = mask_ops.decode_resized(props.masks, props.image_size, s, s)
     small = memo["small"]
-    contour_key = ("contours", cfg.retrieval.contour_width)
+    contour_key = ("contours", cfg.test.retrieval.contour_width)
     if contour_key not in memo:
-        memo[contour_key] = contour_masks(small, cfg.retrieval.contour_width)
+        memo[contour_key] = contour_masks(small, cfg.test.retrieval.contour_width)
     contours = memo[contour_key]
-    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.retrieval, contours)
+    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.test.retrieval, contours)
     for kind, cols in (("predicted", holder["passed"]), ("oracle", gt_cols)):
         sel = np.flatnonzero(cols[peaks_np[:, 1]])
         if len(sel) == 0:
             out["preds"][kind] = Instances((h, w), masks=[])
             continue
-        found = select_instances(scores[sel], prms[sel], peaks_np[sel, 1], small, cfg.retrieval.nms_threshold,
-                                 merge=cfg.retrieval.merge_peak_response, class_aware=cfg.retrieval.class_aware_nms)
+        found = select_instances(scores[sel], prms[sel], peaks_np[sel, 1], small, cfg.test.retrieval.nms_threshold,
+                                 merge=cfg.test.retrieval.merge_peak_response, class_aware=cfg.test.retrieval.class_aware_nms)
         chosen = [props.masks[i] for i in found.proposal_index]
         labels = cat_ids[found.peak_classes] if len(chosen) else np.zeros(0, np.int64)
         out["preds"][kind] = Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels,
@@ -338,7 +338,7 @@ def main() -> None:
                         "PRMs, class maps): retrieval variants of one trained run then skip the backward passes")
     parser.add_argument("--cache-max-peaks", type=int, default=16,
                         help="peaks per class the stage cache holds (>= max_peaks_per_class of every variant)")
-    parser.add_argument("overrides", nargs="*", help="retrieval.KEY=VALUE etc. applied to the loaded config")
+    parser.add_argument("overrides", nargs="*", help="test.retrieval.KEY=VALUE etc. applied to the loaded config")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pred = load_predictor(args.workdir)

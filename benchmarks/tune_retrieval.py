@@ -12,7 +12,7 @@ line, one ``--variant`` per setting); the peak stage (backward passes) of each i
 once and cached (``--stage-cache``), the proposals once per image, so a variant costs its scoring.
 
     python benchmarks/tune_retrieval.py --workdir runs/prm_photos --limit 48 \
-        --variant "paper=" --variant "per-class NMS=retrieval.class_aware_nms=true" ...
+        --variant "paper=" --variant "per-class NMS=test.retrieval.class_aware_nms=true" ...
 """
 from __future__ import annotations
 
