@@ -290,10 +290,12 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
-def markdown(rows: dict) -> str:
-    lines = ["# Stage-by-stage diagnosis on coco-val50 (issue 11)", "",
+def markdown(rows: dict, out: Path = RESULTS) -> str:
+    """The table of ``rows``, then the hand-written reading ``<out>_reading.md`` when there is one."""
+    where = "coco-val50" if out.name == "diagnose" else f"the images of {out.name}.json's commands (--val)"
+    lines = [f"# Stage-by-stage diagnosis on {where} (issue 11)", "",
              "Rows are analysis, not benchmark numbers: *oracle tags* gives the ground-truth tags at test time. "
-             "Each row's command is in `diagnose.json`. Columns: (a) tag mAP of the class scores, precision / "
+             f"Each row's command is in `{out.name}.json`. Columns: (a) tag mAP of the class scores, precision / "
              "recall of the (image, class) pairs passing the class threshold; real mAP^r@0.25 / @0.5 / ABO with the "
              "predicted tags; (b) the same with oracle tags; (c) proposal ceiling: ABO and recall@0.5 of the best "
              "pickable proposal per instance; (d) peaks of GT classes inside an instance of their class, how often "
@@ -306,7 +308,7 @@ def markdown(rows: dict) -> str:
             "(d) area ratio | (d) peaked inst. / peak bound ABO |")
     lines += [head, "|" + "---|" * 13]
     for name, r in rows.items():
-        for subset in ("all80", "voc20"):
+        for subset in [k for k in ("all80", "voc20") if k in r]:
             s = r[subset]
             p, o, c, d = s["predicted"], s["oracle"], s["ceiling"], s["retrieval"]
             lines.append(
@@ -321,7 +323,7 @@ def markdown(rows: dict) -> str:
     notes = [r.get("note") for r in rows.values() if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + [f"- **{n}**: {r['note']}" for n, r in rows.items() if r.get("note")]
-    reading = RESULTS.parent / "diagnose_reading.md"
+    reading = out.parent / f"{out.name}_reading.md"
     return "\n".join(lines) + "\n" + ("\n" + reading.read_text() if reading.is_file() else "")
 
 
@@ -366,7 +368,8 @@ def main() -> None:
            "images": len(records), "median_s_per_image": float(np.median(seconds)),
            "peak_rss_mib": peak_rss_mib(),
            "train_seconds": json.loads((args.workdir / "method.json").read_text()).get("train_seconds")}
-    for subset in ("all80", "voc20"):
+    # synthetic scenes (the demo's) have no VOC class: all classes only
+    for subset in ("all80", "voc20") if voc20_ids(val.categories) else ("all80",):
         row[subset] = summarise(per_image, subset_gt, val.categories, cat_ids, thresholds,
                                 None if subset == "all80" else "voc20")
     path = args.out.with_suffix(".json")
@@ -375,7 +378,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         json.dump(rows, f, indent=2)
-    text = markdown(rows)
+    text = markdown(rows, args.out)
     with atomic_write(args.out.with_suffix(".md")) as f:
         f.write(text)
     print(text)
