@@ -53,7 +53,7 @@ STAGE_LABELS = {"load": "image load", "backbone": "backbone forward",
 TRAIN = {
     "prm": (32, "prm_cpu.yaml", ["prm.epochs=2", "prm.lr=0.1"]),
     "mser_sgpo": (16, "mser_sgpo_cpu.yaml", ["prm.epochs=2", "prm.lr=0.1", "prm.batch_size=16"]),
-    "wise": (16, "wise_cpu.yaml", ["prm.prm.epochs=2", "prm.prm.lr=0.1", "schedule.iterations=12",
+    "wise": (16, "wise_cpu.yaml", ["prm.classifier.epochs=2", "prm.classifier.lr=0.1", "schedule.iterations=12",
                                    "schedule.warmup_iterations=2", "schedule.lr_steps=[]"]),
     "pdsl": (16, "pdsl_cpu.yaml", ["schedule.iterations=24", "schedule.warmup_iterations=2",
                                    "schedule.lr_steps=[]"]),

@@ -96,10 +96,21 @@ def test_second_method_reuses_the_first_ones_proposals(tmp_path):
 
 
 class _Echo:
-    """A picklable stand-in predictor: the answer is known (image id doubled) and says which process."""
+    """A picklable stand-in predictor: the answer is known (image id doubled) and says which process.
+    In the process that made it, ``predict`` waits until a spawned worker has predicted an image
+    (a flag file), so that both processes take part whatever the workers' start-up time."""
+
+    def __init__(self, flag):
+        self.flag, self.parent = flag, os.getpid()
 
     def predict(self, record):
-        time.sleep(0.3)
+        if os.getpid() == self.parent:
+            deadline = time.monotonic() + 120
+            while not self.flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            self.flag.touch()
+            time.sleep(0.05)
         return (record.image_id * 2, os.getpid())
 
 
@@ -108,15 +119,34 @@ class _Rec:
         self.image_id = image_id
 
 
-def test_predict_parallel_keeps_order_and_uses_several_processes():
+class _Named(_Rec):
+    path = "broken.jpg"
+
+
+class _Fails(_Echo):
+    def predict(self, record):
+        if os.getpid() != self.parent:
+            self.flag.touch()
+            raise ValueError("broken image")
+        return super().predict(record)
+
+
+def test_predict_parallel_keeps_order_and_uses_the_caller_and_a_worker(tmp_path):
     records = [_Rec(i) for i in (5, 3, 9, 1, 7, 2)]
-    got = predict_parallel(_Echo(), records, workers=2, progress=False)
+    threads = torch.get_num_threads()
+    got = predict_parallel(_Echo(tmp_path / "flag"), records, workers=2, progress=False)
     assert list(got) == [5, 3, 9, 1, 7, 2]
     assert [v[0] for v in got.values()] == [10, 6, 18, 2, 14, 4]
     pids = {v[1] for v in got.values()}
-    assert len(pids) == 2 and os.getpid() not in pids
-    serial = predict_parallel(_Echo(), records[:2], workers=1, progress=False)
+    assert len(pids) == 2 and os.getpid() in pids  # the caller predicts too
+    assert torch.get_num_threads() == threads  # its thread count is restored
+    serial = predict_parallel(_Echo(tmp_path / "flag"), records[:2], workers=1, progress=False)
     assert {v[1] for v in serial.values()} == {os.getpid()}
+
+
+def test_predict_parallel_names_the_image_a_worker_failed_on(tmp_path):
+    with pytest.raises(RuntimeError, match=r"broken\.jpg failed in a worker:(.|\n)*broken image"):
+        predict_parallel(_Fails(tmp_path / "flag"), [_Named(1), _Named(2)], workers=2, progress=False)
 
 
 def test_prm_class_maps_are_computed_for_the_peaks_classes_only(tmp_path):
