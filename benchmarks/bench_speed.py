@@ -169,11 +169,12 @@ def measure(method: str, workdir: Path, images: int, threads: int) -> dict:
     cache_root = Path(tempfile.mkdtemp(prefix="bench_speed_proposals_"))
     for cache in proposal_caches(predictor):
         cache.root = cache_root
-    per_image = []
+    per_image, outputs = [], []
     for record in records:
         clock.reset()
         with clock.stage("total"):
-            predictor.predict(record)
+            found = predictor.predict(record)
+        outputs.append(fingerprint(found))
         s = dict(clock.seconds)
         row = {k: s.get(k, 0.0) for k in ("load", "backbone", "proposals", "total")}
         row["network"] = s.get("network", 0.0) - row["backbone"]
@@ -193,11 +194,28 @@ def measure(method: str, workdir: Path, images: int, threads: int) -> dict:
     med = {k: statistics.median(r[k] for r in per_image) for k in STAGES}
     return {"method": method, "images": len(records), "threads": threads, "median_s": med,
             "proposals_second_pass_s": statistics.median(second) if second else None,
-            "per_image": per_image, "peak_rss_mib": peak_rss_mib(),
+            "per_image": per_image, "predictions": outputs, "peak_rss_mib": peak_rss_mib(),
             "torch": torch.__version__, "tree": str(Path(importlib.import_module("wsis").__file__).parents[1])}
 
 
-def parallel(method: str, workdir: Path, images: int) -> dict:
+def fingerprint(found: Any) -> dict:
+    """What a prediction is, to compare trees: labels, scores and a digest of the masks."""
+    import hashlib
+
+    rles = found.rles() if found.masks is not None and len(found) else []
+    digest = hashlib.sha1("".join(str(r["counts"]) for r in rles).encode()).hexdigest()[:16]
+    return {"labels": found.labels.tolist(), "scores": [float(v) for v in found.scores], "masks": digest}
+
+
+def compare_predictions(base: list[dict], new: list[dict]) -> dict:
+    """Images whose labels and masks are identical in both trees, and the largest score difference."""
+    same = sum(a["labels"] == b["labels"] and a["masks"] == b["masks"] for a, b in zip(base, new))
+    diffs = [abs(x - y) for a, b in zip(base, new) if len(a["scores"]) == len(b["scores"])
+             for x, y in zip(a["scores"], b["scores"])]
+    return {"identical_images": same, "images": len(base), "max_score_diff": max(diffs, default=0.0)}
+
+
+def parallel(method: str, workdir: Path, images: int, rounds: int = 3) -> dict:
     """Images/s of ``predict_records`` on this tree: one process with one thread, one process
     with two threads, two worker processes with one thread each; the proposal cache is filled
     first, so that all three do the same work. Also checks that the three predict the same."""
@@ -216,18 +234,22 @@ def parallel(method: str, workdir: Path, images: int) -> dict:
     records = val_records(images)
     for record in records:
         predictor.proposals(record)
-    out, preds = {}, {}
-    for label, threads, workers in (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 2, 1),
-                                    ("2 workers, 1 thread each", 1, 2)):
-        torch.set_num_threads(threads)
-        start = time.perf_counter()
-        preds[label] = predictor.predict_records(records, progress=False, workers=workers)
-        out[label] = len(records) / (time.perf_counter() - start)
+    modes = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 2, 1), ("2 workers, 1 thread each", 1, 2))
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+    preds, loads = {}, []
+    for _ in range(rounds):  # round-robin, so that load from other jobs hits every mode alike
+        for label, threads, workers in modes:
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            preds[label] = predictor.predict_records(records, progress=False, workers=workers)
+            rates[label].append(len(records) / (time.perf_counter() - start))
+            loads.append(os.getloadavg()[0])
     first = next(iter(preds.values()))
-    same = all(len(p[i]) == len(first[i]) and np.allclose(p[i].scores, first[i].scores, rtol=1e-4)
+    same = all(len(p[i]) == len(first[i]) and np.array_equal(p[i].scores, first[i].scores)
                for p in preds.values() for i in first)
-    return {"method": method, "images": len(records), "images_per_s": out, "same_predictions": same,
-            "load_average": os.getloadavg()}
+    return {"method": method, "images": len(records), "rounds": rounds,
+            "images_per_s": {k: statistics.median(v) for k, v in rates.items()}, "images_per_s_runs": rates,
+            "same_predictions": same, "load_average_range": [min(loads), max(loads)]}
 
 
 def train(method: str, workdir: Path) -> None:
@@ -307,6 +329,10 @@ def table(results: dict, baseline_label: str, label: str) -> str:
             lines.append(f"| {method} | proposals, 2nd pass (cached) | {fmt(a)} | {fmt(b)} | "
                          f"{ratio(new['median_s']['proposals'], b)} faster than this tree's 1st pass |")
         lines.append(f"| {method} | peak RSS MiB | {base['peak_rss_mib']:.0f} | {new['peak_rss_mib']:.0f} | |")
+        if "predictions" in base and "predictions" in new:
+            c = compare_predictions(base["predictions"], new["predictions"])
+            lines.append(f"| {method} | same predictions (labels, masks) | | {c['identical_images']}/{c['images']} images "
+                         f"| max score diff {c['max_score_diff']:.1e} |")
     return "\n".join(lines)
 
 
@@ -322,12 +348,13 @@ def main() -> None:
     parser.add_argument("--train", choices=METHODS)
     parser.add_argument("--table-from", type=Path, help="print the table of a results json again")
     parser.add_argument("--parallel", choices=METHODS, help="images/s with 1 or 2 threads / processes (this tree)")
+    parser.add_argument("--rounds", type=int, default=3, help="--parallel: round-robin rounds (medians)")
     args = parser.parse_args()
     if args.table_from:
         print(table(json.loads(args.table_from.read_text())["results"], "main (baseline)", "this tree"))
         return
     if args.parallel:
-        result = parallel(args.parallel, args.runs / args.parallel, args.images)
+        result = parallel(args.parallel, args.runs / args.parallel, args.images, args.rounds)
         print(json.dumps(result))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         path = args.out.parent / f"{args.out.name}_parallel_{args.parallel}.json"

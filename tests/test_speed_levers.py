@@ -173,3 +173,102 @@ def test_prm_class_maps_are_computed_for_the_peaks_classes_only(tmp_path):
     assert 0 < len(used) <= 3
     np.testing.assert_array_equal(maps[used], full[used])
     assert not maps[[c for c in range(3) if c not in used]].any()
+
+
+class _TimmBlock(torch.nn.Module):
+    """The layer kinds of EfficientNet-Lite as timm builds them: Conv2dSame (stride 2, asymmetric
+    padding), 1x1 convs, a 5x5 depthwise conv with symmetric padding, BatchNormAct2d with ReLU6 and
+    without an activation, a residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import BatchNormAct2d, Conv2dSame
+
+        self.stem = Conv2dSame(3, 8, 3, stride=2, bias=False)
+        self.bn0 = BatchNormAct2d(8, act_layer=torch.nn.ReLU6)
+        self.expand = torch.nn.Conv2d(8, 16, 1, bias=False)
+        self.bn1 = BatchNormAct2d(16, act_layer=torch.nn.ReLU6)
+        self.dw = torch.nn.Conv2d(16, 16, 5, padding=2, groups=16, bias=False)
+        self.bn2 = BatchNormAct2d(16, act_layer=torch.nn.ReLU6)
+        self.project = torch.nn.Conv2d(16, 8, 1, bias=False)
+        self.bn3 = BatchNormAct2d(8, apply_act=False)
+        self.out_channels, self.stride = 8, 2
+
+    def forward(self, x):
+        x = self.bn0(self.stem(x))
+        return x + self.bn3(self.project(self.bn2(self.dw(self.bn1(self.expand(x))))))
+
+
+def _timm_model():
+    from wsis.cues.prm import PRMNet
+
+    torch.manual_seed(3)
+    model = PRMNet(_TimmBlock(), 3, sub_pixel_factor=2)
+    for m in model.modules():  # eval-mode batch norms with some negative scales
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-0.5, 1.5)
+            m.bias.data.uniform_(0.0, 0.5)  # enough units above zero and some above 6 after scaling
+    return model.eval()
+
+
+def test_per_peak_loop_levers_give_the_same_maps_bit_for_bit(monkeypatch):
+    """The fused batch norm + ReLU6 Function and the 1x1 input gradient as a matrix product
+    (per-peak loop) give the maps of the loop without them bit for bit, and the vmapped pass's
+    maps within float32 rounding."""
+    import wsis.cues.peak_backprop as pb
+
+    model = _timm_model()
+    image = torch.randn(1, 3, 20, 20) * 3
+    peaks, fast, crm = pb.peak_response_maps(model, image, batched=False)
+    assert len(peaks) >= 3 and fast.sum() > 0
+    image.requires_grad_(True)
+    with pb.peak_backprop(model, lazy=True):  # the levers are in the graph
+        names = set()
+        todo = [model.crm(image).grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is not None and type(fn).__name__ not in names:
+                names.add(type(fn).__name__)
+                todo += [f for f, _ in fn.next_functions]
+    assert {"_LazyAffineActBackward", "_LazyPeakConv2dBackward"} <= names
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: calls.append(1) or mm(*a))
+    pb.peak_response_maps(model, image.detach(), peaks=peaks, batched=False)
+    assert calls  # the 1x1 convs' input gradients went through torch.mm
+    monkeypatch.undo()
+
+    monkeypatch.setattr(pb, "_fused_activation_top", lambda bn: False)
+    monkeypatch.setattr(pb, "_is_pointwise", lambda *a: False)
+    p_plain, plain, c_plain = pb.peak_response_maps(model, image.detach(), batched=False)
+    assert torch.equal(p_plain, peaks) and torch.equal(c_plain, crm)
+    assert torch.equal(plain, fast)
+    monkeypatch.undo()
+    _, vmapped, _ = pb.peak_response_maps(model, image.detach(), peaks=peaks, batched=True, chunk=2)
+    torch.testing.assert_close(vmapped, fast, atol=1e-6, rtol=1e-5)
+
+
+def test_scores_and_peaks_from_one_mask_equal_the_two_passes():
+    from wsis.cues.peaks import scores_and_peaks
+    from wsis.cues.prm import peak_stimulation
+
+    model = _timm_model()
+    crm = torch.randn(1, 3, 16, 16)
+    crm[0, 1] = 0.5  # a flat map: every pixel ties with its window
+    scores, peaks, values = scores_and_peaks(model, crm)
+    want_peaks, want_values = model.find_peaks(crm)
+    assert torch.equal(scores, peak_stimulation(crm, model.win_size, model.peak_filter))
+    assert torch.equal(peaks, want_peaks) and torch.equal(values, want_values)
+
+
+def test_opencv_single_thread_restores_the_thread_count():
+    import cv2
+
+    before = cv2.getNumThreads()
+    with pytest.raises(KeyError):
+        with mask_ops.opencv_single_thread():
+            assert cv2.getNumThreads() == 1
+            raise KeyError("inside")
+    assert cv2.getNumThreads() == before
