@@ -215,9 +215,10 @@ class _LazyPeakConv2d(torch.autograd.Function):
     """:class:`_PeakConv2d` for the per-peak loop (plain autograd, no vmap): the forward is the
     conv alone and saves its input; the rule's factors ``x'`` and ``1 / Z`` are computed by the
     first backward pass and kept for the next peaks. An image without peaks never pays for them,
-    and the forward pass is one conv per layer instead of two. A 1x1 conv's input gradient is
-    one matrix product (``W+^T g``): at one thread PyTorch's 1x1 conv backward takes the slow
-    THNN path, up to 7x slower at the early layers' sizes, with the same bits."""
+    and the forward pass is one conv per layer instead of two. At one thread, a 1x1 conv's input
+    gradient is one matrix product (``W+^T g``): there PyTorch's 1x1 conv backward takes the slow
+    THNN path, up to 7x slower at the early layers' sizes, with the same bits (with more threads
+    it takes oneDNN's, whose sums round differently, so it is kept)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, pos_weight, pads, stride, dilation, groups):
@@ -236,7 +237,7 @@ class _LazyPeakConv2d(torch.autograd.Function):
             ctx.factors = shifted, _inverse_norm(norm)
         shifted, inv_norm = ctx.factors
         scaled = grad * inv_norm
-        if _is_pointwise(pos_weight, pads, stride, dilation, groups) and x.shape[0] == 1:
+        if _is_pointwise(pos_weight, pads, stride, dilation, groups) and x.shape[0] == 1 and torch.get_num_threads() == 1:
             c_out, c_in = pos_weight.shape[:2]
             g = torch.mm(pos_weight.view(c_out, c_in).t(), scaled.reshape(c_out, -1)).view(x.shape)
             return g.mul_(shifted), None, None, None, None, None, None, None
