@@ -29,6 +29,7 @@ import argparse
 import importlib
 import json
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def instrument(predictor: Any, method: str, clock: StageClock) -> None:
     elif method == "pdsl":
         if patch_everywhere("detect_and_segment", clock, "network") == 0:
             raise RuntimeError("no detect_and_segment found to time")
-    else:
+    elif patch_everywhere("detect", clock, "network") == 0:  # trees before the stage-by-stage detect()
         predictor.model.forward = clock.wrap("network", predictor.model.forward)
 
 
@@ -215,10 +216,12 @@ def compare_predictions(base: list[dict], new: list[dict]) -> dict:
     return {"identical_images": same, "images": len(base), "max_score_diff": max(diffs, default=0.0)}
 
 
-def parallel(method: str, workdir: Path, images: int, rounds: int = 3) -> dict:
-    """Images/s of ``predict_records`` on this tree: one process with one thread, one process
-    with two threads, two worker processes with one thread each; the proposal cache is filled
-    first, so that all three do the same work. Also checks that the three predict the same."""
+def parallel(method: str, workdir: Path, images: int, rounds: int = 3, two_threads: bool = False) -> dict:
+    """Images/s of ``predict_records`` on this tree: one process with one thread and two worker
+    processes with one thread each (``--workers 2``: this process and a spawned one), in
+    ``rounds`` round-robin rounds, and with ``two_threads`` one process with two threads too;
+    the proposal cache is filled first, so that all do the same work. Also checks that they
+    predict the same."""
     import numpy as np
     import torch
 
@@ -234,22 +237,71 @@ def parallel(method: str, workdir: Path, images: int, rounds: int = 3) -> dict:
     records = val_records(images)
     for record in records:
         predictor.proposals(record)
-    modes = (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 2, 1), ("2 workers, 1 thread each", 1, 2))
+    modes = [("1 process, 1 thread", 1, 1), ("2 workers, 1 thread each", 1, 2)]
+    if two_threads:
+        modes.insert(1, ("1 process, 2 threads", 2, 1))
     rates: dict[str, list[float]] = {label: [] for label, _, _ in modes}
+    cpu: dict[str, list[dict]] = {label: [] for label, _, _ in modes}
     preds, loads = {}, []
     for _ in range(rounds):  # round-robin, so that load from other jobs hits every mode alike
         for label, threads, workers in modes:
             torch.set_num_threads(threads)
+            before = _cpu_seconds()
             start = time.perf_counter()
             preds[label] = predictor.predict_records(records, progress=False, workers=workers)
             rates[label].append(len(records) / (time.perf_counter() - start))
+            after = _cpu_seconds()
+            cpu[label].append({k: after[k] - before[k] for k in after})
             loads.append(os.getloadavg()[0])
     first = next(iter(preds.values()))
     same = all(len(p[i]) == len(first[i]) and np.array_equal(p[i].scores, first[i].scores)
                for p in preds.values() for i in first)
+    startup = [worker_startup_cpu(predictor, records) for _ in range(rounds)]
+    work = statistics.median(c["self"] for c in cpu["1 process, 1 thread"])
+    boot = statistics.median(startup)
     return {"method": method, "images": len(records), "rounds": rounds,
             "images_per_s": {k: statistics.median(v) for k, v in rates.items()}, "images_per_s_runs": rates,
+            "cpu_s_runs": cpu, "worker_startup_cpu_s": startup,
+            # Two idle cores, images handed out one at a time: the caller works from the start, the
+            # spawned worker after its start-up, so both finish at about (work + start-up) / 2.
+            "estimated_idle_speedup": {"2 workers, caller predicts too": 2 * work / (work + boot),
+                                       "2 spawned workers, caller waits (before)": 2 * work / (work + 2 * boot)},
             "same_predictions": same, "load_average_range": [min(loads), max(loads)]}
+
+
+def _cpu_seconds() -> dict:
+    """CPU seconds (user + system) of this process and of its joined child processes."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"self": own.ru_utime + own.ru_stime, "children": kids.ru_utime + kids.ru_stime}
+
+
+def _startup_probe(payload: bytes, out: Any) -> None:
+    import resource
+
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    pickle.loads(payload)
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    out.put(use.ru_utime + use.ru_stime)
+
+
+def worker_startup_cpu(predictor: Any, records: list) -> float:
+    """CPU seconds a spawned prediction worker spends before its first image: the interpreter, torch
+    and wsis imports, unpickling the predictor and the records (what wsis.engine.parallel sends)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    proc = context.Process(target=_startup_probe, args=(pickle.dumps((predictor, records)), out))
+    proc.start()
+    seconds = out.get()
+    proc.join()
+    return seconds
 
 
 def train(method: str, workdir: Path) -> None:
@@ -349,12 +401,13 @@ def main() -> None:
     parser.add_argument("--table-from", type=Path, help="print the table of a results json again")
     parser.add_argument("--parallel", choices=METHODS, help="images/s with 1 or 2 threads / processes (this tree)")
     parser.add_argument("--rounds", type=int, default=3, help="--parallel: round-robin rounds (medians)")
+    parser.add_argument("--two-threads", action="store_true", help="--parallel: also one process with 2 threads")
     args = parser.parse_args()
     if args.table_from:
         print(table(json.loads(args.table_from.read_text())["results"], "main (baseline)", "this tree"))
         return
     if args.parallel:
-        result = parallel(args.parallel, args.runs / args.parallel, args.images, args.rounds)
+        result = parallel(args.parallel, args.runs / args.parallel, args.images, args.rounds, args.two_threads)
         print(json.dumps(result))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         path = args.out.parent / f"{args.out.name}_parallel_{args.parallel}.json"
