@@ -51,10 +51,10 @@ STAGE_LABELS = {"load": "image load", "backbone": "backbone forward",
 # Tiny schedules: a handful of steps on the first images of coco128, with a high head rate for
 # the PRM classifiers so that their biases leave 0 (an untrained PRM head passes half of the 80
 # classes and backpropagates ~300 peaks per image, not what a trained one does).
-TRAIN = {
-    "prm": (32, "prm_cpu.yaml", ["prm.epochs=2", "prm.lr=0.1"]),
-    "mser_sgpo": (16, "mser_sgpo_cpu.yaml", ["prm.epochs=2", "prm.lr=0.1", "prm.batch_size=16"]),
-    "wise": (16, "wise_cpu.yaml", ["prm.classifier.epochs=2", "prm.classifier.lr=0.1", "schedule.iterations=12",
+TRAIN = {  # keys of the config skeleton (issue 16)
+    "prm": (32, "prm_cpu.yaml", ["schedule.epochs=2", "schedule.lr=0.1"]),
+    "mser_sgpo": (16, "mser_sgpo_cpu.yaml", ["schedule.epochs=2", "schedule.lr=0.1", "schedule.batch_size=16"]),
+    "wise": (16, "wise_cpu.yaml", ["prm.schedule.epochs=2", "prm.schedule.lr=0.1", "schedule.iterations=12",
                                    "schedule.warmup_iterations=2", "schedule.lr_steps=[]"]),
     "pdsl": (16, "pdsl_cpu.yaml", ["schedule.iterations=24", "schedule.warmup_iterations=2",
                                    "schedule.lr_steps=[]"]),
@@ -161,9 +161,8 @@ def measure(method: str, workdir: Path, images: int, threads: int) -> dict:
     from wsis.proposals.cache import ProposalCache
 
     predictor = load_trained(workdir)
-    if method in ("prm", "mser_sgpo"):  # the section is "classifier" since the package refactor
-        section = getattr(predictor.cfg, "classifier", None) or predictor.cfg.prm
-        section.class_threshold = CLASS_THRESHOLD
+    if method in ("prm", "mser_sgpo"):
+        predictor.cfg.test.class_threshold = CLASS_THRESHOLD
     records = val_records(images)
     clock = StageClock()
     instrument(predictor, method, clock)
@@ -229,8 +228,7 @@ def parallel(method: str, workdir: Path, images: int, rounds: int = 3, two_threa
 
     predictor = load_trained(workdir)
     if method in ("prm", "mser_sgpo"):
-        section = getattr(predictor.cfg, "classifier", None) or predictor.cfg.prm
-        section.class_threshold = CLASS_THRESHOLD
+        predictor.cfg.test.class_threshold = CLASS_THRESHOLD
     cache_root = Path(tempfile.mkdtemp(prefix="bench_speed_parallel_"))
     for cache in proposal_caches(predictor):
         cache.root = cache_root
