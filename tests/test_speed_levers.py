@@ -131,7 +131,14 @@ class _Fails(_Echo):
         return super().predict(record)
 
 
-def test_predict_parallel_keeps_order_and_uses_the_caller_and_a_worker(tmp_path):
+_START_METHODS = [m for m in ("fork", "spawn") if m in __import__("multiprocessing").get_all_start_methods()]
+
+
+@pytest.mark.parametrize("method", _START_METHODS)
+def test_predict_parallel_keeps_order_and_uses_the_caller_and_a_worker(tmp_path, monkeypatch, method):
+    import wsis.engine.parallel as parallel
+
+    monkeypatch.setattr(parallel, "start_method", lambda: method)
     records = [_Rec(i) for i in (5, 3, 9, 1, 7, 2)]
     threads = torch.get_num_threads()
     got = predict_parallel(_Echo(tmp_path / "flag"), records, workers=2, progress=False)
