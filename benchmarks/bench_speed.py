@@ -255,15 +255,14 @@ def parallel(method: str, workdir: Path, images: int, rounds: int = 3, two_threa
     same = all(len(p[i]) == len(first[i]) and np.array_equal(p[i].scores, first[i].scores)
                for p in preds.values() for i in first)
     startup = [worker_startup_cpu(predictor, records) for _ in range(rounds)]
-    work = statistics.median(c["self"] for c in cpu["1 process, 1 thread"])
-    boot = statistics.median(startup)
+    # On two idle cores the 2-worker run ends when the busier of its two processes does (images are
+    # handed out one at a time): one process's CPU seconds over that, per round.
+    estimates = [one["self"] / max(two["self"], two["children"])
+                 for one, two in zip(cpu["1 process, 1 thread"], cpu["2 workers, 1 thread each"])]
     return {"method": method, "images": len(records), "rounds": rounds,
             "images_per_s": {k: statistics.median(v) for k, v in rates.items()}, "images_per_s_runs": rates,
             "cpu_s_runs": cpu, "worker_startup_cpu_s": startup,
-            # Two idle cores, images handed out one at a time: the caller works from the start, the
-            # spawned worker after its start-up, so both finish at about (work + start-up) / 2.
-            "estimated_idle_speedup": {"2 workers, caller predicts too": 2 * work / (work + boot),
-                                       "2 spawned workers, caller waits (before)": 2 * work / (work + 2 * boot)},
+            "estimated_idle_speedup_runs": estimates,
             "same_predictions": same, "load_average_range": [min(loads), max(loads)]}
 
 
@@ -275,7 +274,7 @@ def _cpu_seconds() -> dict:
     return {"self": own.ru_utime + own.ru_stime, "children": kids.ru_utime + kids.ru_stime}
 
 
-def _startup_probe(payload: bytes, out: Any) -> None:
+def _startup_probe(payload: bytes | None, out: Any) -> None:
     import resource
 
     import cv2
@@ -283,19 +282,24 @@ def _startup_probe(payload: bytes, out: Any) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    pickle.loads(payload)
+    if payload is not None:  # spawned: what the worker unpickles; forked: inherited
+        pickle.loads(payload)
     use = resource.getrusage(resource.RUSAGE_SELF)
     out.put(use.ru_utime + use.ru_stime)
 
 
 def worker_startup_cpu(predictor: Any, records: list) -> float:
-    """CPU seconds a spawned prediction worker spends before its first image: the interpreter, torch
-    and wsis imports, unpickling the predictor and the records (what wsis.engine.parallel sends)."""
+    """CPU seconds a prediction worker of ``wsis.engine.parallel`` spends before its first image
+    (spawned: the interpreter, torch and wsis imports and unpickling the predictor and records;
+    forked: setting its thread counts)."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
+    from wsis.engine.parallel import start_method
+
+    context = multiprocessing.get_context(start_method())
     out = context.Queue()
-    proc = context.Process(target=_startup_probe, args=(pickle.dumps((predictor, records)), out))
+    payload = None if start_method() == "fork" else pickle.dumps((predictor, records))
+    proc = context.Process(target=_startup_probe, args=(payload, out))
     proc.start()
     seconds = out.get()
     proc.join()
