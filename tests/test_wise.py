@@ -36,6 +36,23 @@ def test_configs_load(name, cls):
             1, 0.00125, 50000, 800, 1333)
 
 
+def test_prm_stage_gets_prms_fit_options(tmp_path):
+    # the photo recipe (frozen backbone, class prior, calibrated thresholds) reaches stage 1's config
+    from wsis.methods.prm import PRMMethodConfig
+    from wsis.methods.wise import prm_stage_config
+
+    cfg = load_config(WiseMethodConfig, None, ["prm.fit.frozen_backbone=true", "prm.fit.class_prior=imagenet",
+                                               "prm.fit.thresholds=calibrated"])
+    stage = prm_stage_config(cfg)
+    config = tmp_path / "prm.yaml"
+    config.write_text(__import__("yaml").safe_dump(stage))
+    prm_cfg = load_config(PRMMethodConfig, config)
+    assert (prm_cfg.fit.frozen_backbone, prm_cfg.fit.class_prior, prm_cfg.fit.thresholds) == (True, "imagenet", "calibrated")
+    # off by default: the paper's training
+    assert load_config(PRMMethodConfig, None).fit == load_config(WiseMethodConfig, None).prm.fit
+    assert not load_config(WiseMethodConfig, CONFIGS / "wise_cpu.yaml").prm.fit.frozen_backbone
+
+
 def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
     # one peak, 4 identical-position candidates of objectness 1..4: draws vary with the epoch
     masks = np.zeros((4, 5, 5), bool)

@@ -42,6 +42,7 @@ from wsis.methods.base import register
 from wsis.methods.maskrcnn import DetectorPredictor, MaskRCNNMethodConfig, fit_detector, load_detector
 from wsis.cues.prm import PRMConfig
 from wsis.methods.prm import migrate_config as migrate_prm_config
+from wsis.methods.prm.frozen import FitConfig
 from wsis.methods.trained import META_FILE
 from wsis.methods.wise.pseudo_labels import (PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances,
                                              write_pseudo_labels)
@@ -60,6 +61,9 @@ class WisePRMConfig:
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool = True
     classifier: PRMConfig = field(default_factory=PRMConfig)
+    # PRM's training options (frozen/cached backbone, ImageNet class prior, calibrated thresholds;
+    # wsis.methods.prm.frozen): off by default, as in the paper; prm_photos_cpu.yaml turns them on.
+    fit: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
@@ -74,7 +78,7 @@ def migrate_config(config: dict) -> dict:
     config = dict(config)
     if isinstance(config.get("prm"), dict):
         old = migrate_prm_config(config["prm"])
-        config["prm"] = {k: old[k] for k in ("backbone", "pretrained", "classifier") if k in old}
+        config["prm"] = {k: old[k] for k in ("backbone", "pretrained", "classifier", "fit") if k in old}
     return config
 
 
