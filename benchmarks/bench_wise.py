@@ -1,5 +1,6 @@
 """WISE benchmark rows (../shared/BENCHMARK.md): WISE, WISE+refine and the fully supervised
-reference (Mask R-CNN on the ground-truth masks, same detector and schedule), trained on coco128,
+reference (Mask R-CNN on the ground-truth masks, same detector and schedule), trained on coco128 +
+coco-train83 (211 images; ``--coco128-only`` for the former 128),
 scored on coco-val50 with both protocols on all 80 classes and the VOC20 subset, with the weak/full
 ratio on mAP^r@0.5, training time and inference seconds per image (median; WISE+refine with and
 without proposal generation). Writes ``<out>.json`` and prints the Markdown table.
@@ -9,7 +10,7 @@ without proposal generation). Writes ``<out>.json`` and prints the Markdown tabl
 
 ``key=value`` overrides apply to both runs when the key exists in both configs (detector.*,
 schedule.*, augment.*, device, seed ...) and to WISE only otherwise (prm.*, pseudo.*). Both runs
-resume from ``--workdir`` when interrupted.
+resume from ``--workdir`` when interrupted; a finished one is loaded.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 
-from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib
+from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.detectors.refine import refine_with_proposals
@@ -72,10 +73,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/wise")
     parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
+    parser.add_argument("--coco128-only", action="store_true", help="train on --train alone (before 2026-12-02)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    train, val = load_dataset(args.train), load_dataset(args.val)
+    train = load_dataset(args.train) if args.coco128_only else load_train_set()
+    val = load_dataset(args.val)
     if args.train_limit:
         train = train.subset([r.image_id for r in train][: args.train_limit])
     if args.limit:
@@ -86,7 +89,10 @@ def main() -> None:
                                            ("maskrcnn", maskrcnn, args.reference_config, shared)):
         workdir = args.workdir / name
         started = time.perf_counter()
-        predictor = module.fit(train, config, overrides, workdir)
+        # a finished run (e.g. the reference trained by bench_reference.py into this workdir) is
+        # loaded, not refitted: refitting would overwrite its recorded training time
+        finished = (workdir / "method.json").is_file()
+        predictor = module.load(workdir) if finished else module.fit(train, config, overrides, workdir)
         fit_seconds = time.perf_counter() - started
         predictor.refine = False
         meta = json.loads((workdir / "method.json").read_text())
@@ -101,7 +107,8 @@ def main() -> None:
             "plain": scores(val, timed["plain"]),
             "refined": scores(val, timed["refined"]),
         }
-    result = {"commit": commit(), "val_images": len(val), "runs": runs, "peak_rss_mib": peak_rss_mib(),
+    result = {"commit": commit(), "command": " ".join(["bench_wise.py", *__import__("sys").argv[1:]]),
+              "train_set": train.name, "val_images": len(val), "runs": runs, "peak_rss_mib": peak_rss_mib(),
               "machine": machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
