@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
     parser.add_argument("--coco128-only", action="store_true", help="train on --train alone (before 2026-12-02)")
+    parser.add_argument("--reference-result", type=Path,
+                        help="bench_reference.py's json for the same reference model and validation set: its "
+                             "coco-val50 scores and s/image are used instead of predicting again (no refined row)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -85,8 +88,12 @@ def main() -> None:
         val = val.subset([r.image_id for r in val][: args.limit])
     shared = [o for o in args.overrides if not o.startswith(WISE_ONLY)]
     runs = {}
-    for name, module, config, overrides in (("wise", wise, args.wise_config, args.overrides),
-                                           ("maskrcnn", maskrcnn, args.reference_config, shared)):
+    todo = [("wise", wise, args.wise_config, args.overrides)]
+    if args.reference_result:
+        runs["maskrcnn"] = reference_from_result(args.reference_result, val)
+    else:
+        todo.append(("maskrcnn", maskrcnn, args.reference_config, shared))
+    for name, module, config, overrides in todo:
         workdir = args.workdir / name
         started = time.perf_counter()
         # a finished run (e.g. the reference trained by bench_reference.py into this workdir) is
@@ -117,6 +124,19 @@ def main() -> None:
 
 
 
+def reference_from_result(path: Path, val) -> dict:
+    """The reference run in the layout of ``runs[...]`` from a bench_reference.py result (which
+    scored the same model on the same validation set); it has no refined predictions."""
+    ref = json.loads(path.read_text())
+    if ref.get("val_images") != len(val) or ref["on_val"]["all80"]["images"] != len(val):
+        raise SystemExit(f"{path}: scored {ref.get('val_images')} validation images, this run has {len(val)}")
+    return {"method": "maskrcnn", "config": ref["config"], "overrides": ref.get("overrides", []),
+            "from": str(path), "train": {"images": ref["train"]["images"], "signal": "ground-truth masks",
+                                         "steps": ref["train"]["steps"], "seconds_detector": ref["train"]["seconds"],
+                                         "seconds_prm": None},
+            "inference": {"median_s": ref["inference_median_s"]}, "plain": ref["on_val"], "refined": None}
+
+
 def markdown(r: dict) -> str:
     lines = ["| method | classes | mAP^r@0.25 | @0.5 | @0.7 | @0.75 | ABO | COCO AP | AP50 | AP75 | weak/full @0.5 | "
              "train s | s/img |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -125,6 +145,8 @@ def markdown(r: dict) -> str:
             ("WISE+refine", w, "refined", w["inference"]["median_s_refine_including_proposals"]),
             ("Mask R-CNN (full supervision)", m, "plain", m["inference"]["median_s"])]
     for label, run, kind, seconds in rows:
+        if run[kind] is None:
+            continue
         train_s = (run["train"]["seconds_detector"] or 0) + (run["train"]["seconds_prm"] or 0)
         for subset in ("all80", "voc20"):
             v, c = run[kind][subset]["voc"], run[kind][subset]["coco"]
