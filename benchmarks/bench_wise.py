@@ -8,8 +8,8 @@ without proposal generation). Writes ``<out>.json`` and prints the Markdown tabl
     python benchmarks/bench_wise.py [--wise-config wsis/configs/wise_cpu.yaml]
         [--reference-config wsis/configs/maskrcnn_cpu.yaml] [--workdir runs/bench_wise] [key=value ...]
 
-``key=value`` overrides apply to both runs when the key exists in both configs (detector.*,
-schedule.*, augment.*, device, seed ...) and to WISE only otherwise (prm.*, pseudo.*). Both runs
+``key=value`` overrides apply to both runs when the key exists in both configs (model.*,
+schedule.*, data.*, device, seed ...) and to WISE only otherwise (prm.*, pseudo.*). Both runs
 resume from ``--workdir`` when interrupted; a finished one is loaded.
 """
 from __future__ import annotations
@@ -148,11 +148,13 @@ def markdown(r: dict) -> str:
         if run[kind] is None:
             continue
         train_s = (run["train"]["seconds_detector"] or 0) + (run["train"]["seconds_prm"] or 0)
+        # the detector section is `model` since the config skeleton, `detector` in older results
+        backbone = (run["config"].get("model") or run["config"]["detector"])["backbone"]
         for subset in ("all80", "voc20"):
             v, c = run[kind][subset]["voc"], run[kind][subset]["coco"]
             full = m["plain"][subset]["voc"]["mAP"]["0.5"]
             ratio = "-" if not full else f"{v['mAP']['0.5'] / full:.2f}"
-            lines.append(f"| {label} ({run['config']['detector']['backbone']}) | {subset} | {pct(v['mAP']['0.25'])} | "
+            lines.append(f"| {label} ({backbone}) | {subset} | {pct(v['mAP']['0.25'])} | "
                          f"{pct(v['mAP']['0.5'])} | {pct(v['mAP']['0.7'])} | {pct(v['mAP']['0.75'])} | "
                          f"{pct(v['abo'])} | {pct(c['AP'])} | {pct(c['AP50'])} | {pct(c['AP75'])} | {ratio} | "
                          f"{train_s:.0f} | {seconds:.2f} |")

@@ -42,8 +42,8 @@ def main() -> None:
     train = load_train_set()
     labels = LabelMap(sorted(train.categories))
     torch.manual_seed(cfg.seed)
-    model = build_maskrcnn(cfg.detector, len(labels)).train()
-    data = InstanceDataset(train.records[: args.steps], ground_truth_instances, labels, cfg.augment)
+    model = build_maskrcnn(cfg.model, len(labels), data=cfg.data, test=cfg.test).train()
+    data = InstanceDataset(train.records[: args.steps], ground_truth_instances, labels, cfg.data)
     optimizer = detector_optimizer(model, cfg.schedule.lr, cfg.schedule.momentum, cfg.schedule.weight_decay)
     totals: dict[str, list[float]] = {}
     for name, module in (("body", model.backbone.body), ("fpn", model.backbone.fpn), ("rpn", model.rpn),

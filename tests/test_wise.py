@@ -29,28 +29,34 @@ def test_methods_registered():
 def test_configs_load(name, cls):
     cfg = load_config(cls, CONFIGS / name)
     gpu = "cpu" not in name
-    assert cfg.detector.backbone == ("resnet50_fpn" if gpu else "lite0_fpn")
+    assert cfg.model.backbone == ("resnet50_fpn" if gpu else "lite0_fpn")
     if gpu:  # WISE 4.2: batch 1, lr 0.00125, 50K iterations, 800 / 1333 px
         s = cfg.schedule
-        assert (s.batch_size, s.lr, s.iterations, cfg.detector.min_size, cfg.detector.max_size) == (
+        assert (s.batch_size, s.lr, s.iterations, cfg.data.min_size, cfg.data.max_size) == (
             1, 0.00125, 50000, 800, 1333)
 
 
-def test_prm_stage_gets_prms_fit_options(tmp_path):
-    # the photo recipe (frozen backbone, class prior, calibrated thresholds) reaches stage 1's config
+def test_prm_stage_gets_prms_photo_recipe(tmp_path):
+    # the photo recipe (frozen backbone with cached features, class prior) reaches stage 1's config
     from wsis.methods.prm import PRMMethodConfig
     from wsis.methods.wise import prm_stage_config
 
-    cfg = load_config(WiseMethodConfig, None, ["prm.fit.frozen_backbone=true", "prm.fit.class_prior=imagenet",
-                                               "prm.fit.thresholds=calibrated"])
-    stage = prm_stage_config(cfg)
+    cfg = load_config(WiseMethodConfig, None, ["prm.model.frozen_backbone=true", "prm.model.class_prior=imagenet",
+                                               "prm.data.feature_cache=/tmp/features"])
     config = tmp_path / "prm.yaml"
-    config.write_text(__import__("yaml").safe_dump(stage))
+    config.write_text(__import__("yaml").safe_dump(prm_stage_config(cfg)))
     prm_cfg = load_config(PRMMethodConfig, config)
-    assert (prm_cfg.fit.frozen_backbone, prm_cfg.fit.class_prior, prm_cfg.fit.thresholds) == (True, "imagenet", "calibrated")
+    assert (prm_cfg.model.frozen_backbone, prm_cfg.model.class_prior, prm_cfg.data.feature_cache) == \
+        (True, "imagenet", "/tmp/features")
     # off by default: the paper's training
-    assert load_config(PRMMethodConfig, None).fit == load_config(WiseMethodConfig, None).prm.fit
-    assert not load_config(WiseMethodConfig, CONFIGS / "wise_cpu.yaml").prm.fit.frozen_backbone
+    assert load_config(PRMMethodConfig, None).model == load_config(WiseMethodConfig, None).prm.model
+    assert not load_config(WiseMethodConfig, CONFIGS / "wise_cpu.yaml").prm.model.frozen_backbone
+    # the benchmark config: WISE's detector is the reference's, stage 1 the photo recipe
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    wise_cfg = load_config(WiseMethodConfig, bench / "wise_reference_cpu.yaml")
+    ref_cfg = load_config(MaskRCNNMethodConfig, bench / "reference_cpu.yaml")
+    assert (wise_cfg.model, wise_cfg.data, wise_cfg.schedule) == (ref_cfg.model, ref_cfg.data, ref_cfg.schedule)
+    assert wise_cfg.prm.model.frozen_backbone and wise_cfg.prm.model.class_prior == "imagenet"
 
 
 def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
@@ -78,12 +84,12 @@ def test_wise_end_to_end_on_tiny_scenes(tmp_path):
     from wsis.methods import get_method, load_trained
 
     records = make_scenes(tmp_path / "data", num_images=3, image_size=(96, 96), seed=2)
-    overrides = ["prm.pretrained=false", "prm.classifier.image_size=64", "prm.classifier.epochs=1", "prm.classifier.batch_size=3",
-                 "detector.pretrained=false", "detector.min_size=96", "detector.max_size=96",
-                 "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=100",
-                 "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=100",
-                 "detector.box_batch_size_per_image=64", "device=cpu", "schedule.iterations=4",
-                 "schedule.batch_size=2", "schedule.lr=0.002", "refine=true"]
+    overrides = ["prm.model.pretrained=false", "prm.data.image_size=64", "prm.schedule.epochs=1", "prm.schedule.batch_size=3",
+                 "model.pretrained=false", "data.min_size=96", "data.max_size=96",
+                 "model.rpn_pre_nms_top_n_train=200", "model.rpn_post_nms_top_n_train=100",
+                 "test.rpn_pre_nms_top_n_test=200", "test.rpn_post_nms_top_n_test=100",
+                 "model.box_batch_size_per_image=64", "device=cpu", "schedule.iterations=4",
+                 "schedule.batch_size=2", "schedule.lr=0.002", "test.refine=true"]
     predictor = get_method("wise").fit(records, None, overrides, tmp_path / "run")
     run = tmp_path / "run"
     assert (run / "prm" / "method.json").is_file()
