@@ -106,3 +106,23 @@ def test_wise_end_to_end_on_tiny_scenes(tmp_path):
     assert again.refine
     for rec in records:
         np.testing.assert_allclose(out[rec.image_id].scores, again.predict(rec).scores, rtol=1e-5)
+
+
+def test_a_run_with_the_pre_skeleton_photo_recipe_still_loads(tmp_path):
+    # method.json of a WISE run written before the skeleton with PRM's fit options (the run of
+    # benchmarks/results/wise.md): fit.* moves to prm.model / data / schedule, the never-read
+    # calibration keys are dropped, the fine-tuning schedule gives way to the head's
+    from wsis.methods.trained import read_trained
+    from wsis.methods.wise import migrate_config
+
+    old = {"prm": {"backbone": "tf_efficientnet_lite0", "pretrained": True,
+                   "classifier": {"image_size": 448, "epochs": 20, "lr": 0.01, "class_threshold": 0.0},
+                   "fit": {"frozen_backbone": True, "class_prior": "imagenet", "thresholds": "fixed",
+                           "head_epochs": 100, "head_lr": 0.02, "feature_cache": None, "calibration_folds": 5,
+                           "min_positives": 3}},
+           "detector": {"fpn_norm": "group", "fpn_channels": 128, "min_size": 320}}
+    (tmp_path / "method.json").write_text(json.dumps({"method": "wise", "config": old}))
+    _, cfg = read_trained(tmp_path, WiseMethodConfig, migrate_config)
+    assert (cfg.prm.model.frozen_backbone, cfg.prm.model.class_prior) == (True, "imagenet")
+    assert (cfg.prm.schedule.epochs, cfg.prm.schedule.lr, cfg.prm.data.image_size) == (100, 0.02, 448)
+    assert (cfg.model.fpn_norm, cfg.model.fpn_channels, cfg.data.min_size) == ("group", 128, 320)

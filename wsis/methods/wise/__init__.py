@@ -81,14 +81,17 @@ WiseMethodConfig.MOVED_KEYS = {  # type: ignore[attr-defined]  # the layout befo
 def migrate_config(config: dict) -> dict:
     """A ``method.json`` config written before the ``prm`` section held only the classifier (it had
     all of PRM's method config, ``prm.prm.epochs``; the rest was never read by WISE and is dropped),
-    and before the skeleton (the PRM stage's class threshold was never read: the pseudo labels use
-    the tags)."""
+    and before the skeleton (the PRM stage's class threshold and its calibration were never read:
+    the pseudo labels use the tags; ``prm.fit``'s other keys move with PRM's ``MOVED_KEYS``)."""
     config = dict(config)
     if isinstance(config.get("prm"), dict):
         old = migrate_prm_config(config["prm"])
         prm = {k: old[k] for k in ("backbone", "pretrained", "classifier", "fit", "model", "data", "schedule") if k in old}
         if isinstance(prm.get("classifier"), dict):
             prm["classifier"] = {k: v for k, v in prm["classifier"].items() if k != "class_threshold"}
+        if isinstance(prm.get("fit"), dict):  # PRM's threshold calibration: WISE never read it
+            prm["fit"] = {k: v for k, v in prm["fit"].items()
+                          if k not in ("thresholds", "calibration_folds", "min_positives")}
         config["prm"] = prm
     return config
 
