@@ -109,6 +109,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / top if top > 0 else np.zeros_like(x)
 
 
+def instance_attention(maps: np.ndarray, boxes: np.ndarray, group: Group, height: int, width: int,
+                       pasted: bool = False) -> np.ndarray:
+    """Step 2: the (H, W) instance attention map A^k of ``group``, scaled to a maximum of 1."""
+    members = group.members
+    a = maps[members].sum(axis=0) if pasted else paste_sum(maps[members], boxes[members], height, width)
+    return _unit(np.maximum(a, 0.0))
+
+
 def heat_map(boxes: np.ndarray, scores: np.ndarray, height: int, width: int) -> np.ndarray:
     """Step 3: per-pixel sum of the proposals' scores inside their boxes, scaled to a maximum of 1."""
     ones = np.ones((len(boxes), 1, 1), np.float32) * np.asarray(scores, np.float32)[:, None, None]
@@ -139,11 +147,7 @@ def calibrate(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes:
     groups = instance_groups(nms_boxes, scores, classes, tags, nms_iou, max_instances, min_relative_score)
     if not groups:
         return Candidates.empty(h, w)
-    attention = []
-    for g in groups:
-        a = maps[g.members].sum(axis=0) if pasted else paste_sum(maps[g.members], boxes[g.members], h, w)
-        attention.append(_unit(np.maximum(a, 0.0)))
-    attention = np.stack(attention)
+    attention = np.stack([instance_attention(maps, boxes, g, h, w, pasted) for g in groups])
     if heat:
         class_heat = {c: heat_map(boxes[classes == c], scores[classes == c], h, w) for c in {g.label for g in groups}}
         confident = np.stack([attention[k] * class_heat[g.label] for k, g in enumerate(groups)])
