@@ -4,7 +4,8 @@ image's tags, :func:`label_image`) and its test-time predictions (without tags, 
 Both run at one scale (shorter side ``calibration.test_size`` / ``test.size``, longer side capped at
 ``data.max_size``) and return results at the image's own resolution.
 
-* classification: x^c of every proposal -> top class c_i and its softmax probability s_i ->
+* classification: x^c of every proposal -> top class c_i (among the image's tags when labelling a
+  training image) and its softmax probability s_i ->
   Excitation BP to the RoI features (:func:`wsis.cues.excitation.excitation_maps`) ->
   :func:`~wsis.methods.labelpenet.calibration.calibrate` with one candidate per class;
 * detection: the RPN's proposals through the box head: the same, with the head's top foreground
@@ -61,21 +62,31 @@ def _calibrate(cfg: LabelPENetConfig, image: np.ndarray, tags: np.ndarray, max_i
 
 # ---------------------------------------------------------------- per module, at the network's scale
 
+def _top_class(probs: torch.Tensor, tags: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each proposal's top class and its probability; among the tagged classes when ``tags`` are
+    known (labelling a training image: ours, so that every tag gets an object candidate even where
+    an untagged class wins the proposals)."""
+    if tags is not None and tags.any():
+        allowed = torch.as_tensor(tags, dtype=torch.bool, device=probs.device)
+        probs = torch.where(allowed[None], probs, torch.zeros_like(probs))
+    return probs.max(dim=1)
+
+
 @torch.no_grad()
-def classification_view(net: LabelPENet, x: torch.Tensor, proposals: torch.Tensor) -> dict:
+def classification_view(net: LabelPENet, x: torch.Tensor, proposals: torch.Tensor,
+                        tags: np.ndarray | None = None) -> dict:
     """Proposal classes, scores, attention maps and the image probabilities softmax(s^1)."""
     with evaluating(net):
         out = net.classification_outputs([x], [proposals])
         _, s1 = classification_scores(out["xc"], out["xp"], out["segments"], 1)
-        probs = out["xc"].softmax(dim=1)
-        scores, classes = probs.max(dim=1)
+        scores, classes = _top_class(out["xc"].softmax(dim=1), tags)
         maps = excitation_maps(net.classification.head, net.classification.class_logits, out["pooled"], classes, scores)
     return {"boxes": proposals.cpu().numpy(), "scores": scores.cpu().numpy(), "classes": classes.cpu().numpy(),
             "maps": maps.cpu().numpy(), "image_probs": s1.softmax(dim=1)[0].cpu().numpy()}
 
 
 @torch.no_grad()
-def detection_view(net: LabelPENet, x: torch.Tensor) -> dict:
+def detection_view(net: LabelPENet, x: torch.Tensor, tags: np.ndarray | None = None) -> dict:
     """The RPN's proposals with the box head's top foreground class, its probability, the
     class-specific regressed box and the proposal's attention map."""
     model = net.detection
@@ -86,8 +97,7 @@ def detection_view(net: LabelPENet, x: torch.Tensor) -> dict:
         rh = model.roi_heads
         pooled = rh.box_roi_pool(features, proposals, images.image_sizes)
         logits, deltas = rh.box_predictor(rh.box_head(pooled))
-        fg = logits.softmax(dim=1)[:, 1:]
-        scores, classes = fg.max(dim=1)
+        scores, classes = _top_class(logits.softmax(dim=1)[:, 1:], tags)
         regressed = rh.box_coder.decode(deltas, proposals).reshape(len(logits), -1, 4)
         regressed = regressed[torch.arange(len(logits)), classes + 1]
         h, w = x.shape[-2:]
@@ -131,10 +141,10 @@ def label_image(net: LabelPENet, module: str, image: np.ndarray, tags: np.ndarra
     h, w = image.shape[:2]
     cal = cfg.calibration
     if module == "classification":
-        v = classification_view(net, x, torch.as_tensor(proposals * scale, dtype=torch.float32, device=device))
+        v = classification_view(net, x, torch.as_tensor(proposals * scale, dtype=torch.float32, device=device), tags)
         c = _calibrate(cfg, small, tags, 1, boxes=v["boxes"], scores=v["scores"], classes=v["classes"], maps=v["maps"])
     elif module == "detection":
-        v = detection_view(net, x)
+        v = detection_view(net, x, tags)
         c = _calibrate(cfg, small, tags, cal.max_instances, boxes=v["boxes"], scores=v["scores"], classes=v["classes"],
                        maps=v["maps"], nms_boxes=v["regressed"])
     else:

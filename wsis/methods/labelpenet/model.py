@@ -289,6 +289,14 @@ class LabelPENet(nn.Module):
         self.refinement = build_rcnn(self.backbone, num_classes, cfg, masks=True)
         self.segmentation = build_rcnn(self.backbone, num_classes, cfg, masks=True)
 
+    def train(self, mode: bool = True) -> "LabelPENet":
+        """A backbone without trainable parameters stays in eval mode: "fixed" includes the batch
+        statistics of a backbone whose batch norm is live (random init)."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
+
     def module_parameters(self, name: str) -> list[nn.Parameter]:
         """The trainable parameters of module ``name`` other than the shared backbone's."""
         shared = {id(p) for p in self.backbone.parameters()}
