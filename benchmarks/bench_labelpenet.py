@@ -10,7 +10,7 @@ BENCHMARK.md protocol, trained on the tags of coco128 + coco-train83, scored on 
 tuned on it). Training resumes from ``--workdir``: first cascaded pre-training alone (the
 forward-backward schedule set to 0), scored; then the same workdir with the forward-backward
 schedule, whose finished modules are loaded, not retrained; scored again. Extra ``key=value``
-overrides after ``--`` apply to both runs. Writes benchmarks/results/labelpenet[_synthetic].md/.json.
+overrides after ``--set`` apply to both runs. Writes benchmarks/results/labelpenet[_synthetic].md/.json.
 """
 from __future__ import annotations
 
@@ -53,8 +53,7 @@ def score(predictor, val, module: str) -> dict:
     report = evaluate(val, preds, coco=False, thresholds=(0.25, 0.5, 0.75))
     voc = report["voc"]
     return {"box_ap50": detection_ap(val, preds, 0.5)["mAP"], "corloc": corloc(val, preds)["corloc"],
-            "mAPr": {str(k): v for k, v in voc["mAP"].items()} if isinstance(voc.get("mAP"), dict) else voc.get("mAP"),
-            "abo": voc.get("ABO"), "seconds_per_image": seconds}
+            "mAPr": {str(k): v for k, v in voc["mAP"].items()}, "abo": voc["abo"], "seconds_per_image": seconds}
 
 
 def main() -> None:
@@ -64,7 +63,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--val", type=int, default=30)
-    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
     synthetic = args.dataset == "synthetic"
@@ -98,7 +97,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     for key, row in out["rows"].items():
         phase, module = key.split(" / ")
-        m = row["mAPr"] if isinstance(row["mAPr"], dict) else {}
+        m = row["mAPr"]
         lines.append(f"| {phase} | {module} | {pct(row['box_ap50'])} | {pct(row['corloc'])} | "
                      f"{pct(m.get('0.25'))} | {pct(m.get('0.5'))} | {pct(m.get('0.75'))} | {pct(row['abo'])} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")

@@ -95,7 +95,7 @@ class LabelPENetTestConfig:
     detections_per_image: int = 100
     class_threshold: float = 0.1     # classification / detection modules: classes predicted present
     mask_threshold: float = 0.5
-    crf: bool = True                 # segmentation results post-processed by the CRF (Fig. 3)
+    refine_masks: bool = True        # segmentation results post-processed by the CRF (Fig. 3)
 
 
 @dataclass

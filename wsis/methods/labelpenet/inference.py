@@ -18,7 +18,7 @@ softmax(s^1) >= ``test.class_threshold`` (classification; the top class always),
 scored >= it (detection). The classification module's predictions are its calibrated candidates
 (boxes and masks), scored by image probability x candidate score; the detection module's are
 Faster R-CNN's detections with their boxes as masks; the refinement and segmentation modules'
-Mask R-CNN's, the segmentation module's masks refined by the CRF when ``test.crf``.
+Mask R-CNN's, the segmentation module's masks refined by the CRF when ``test.refine_masks``.
 """
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def predict_image(net: LabelPENet, module: str, image: np.ndarray, proposals: np
         return Candidates(_box_masks(boxes, h, w), boxes, out["labels"].cpu().numpy() - 1, out["scores"].cpu().numpy())
     v = mask_detections(getattr(net, module), x, t.nms_threshold, t.score_threshold, t.detections_per_image)
     probs = v["masks"]
-    if module == "segmentation" and t.crf:
+    if module == "segmentation" and t.refine_masks:
         masks = crf_masks(small, probs, cfg)
     else:
         masks = probs >= t.mask_threshold
