@@ -48,7 +48,7 @@ def main() -> None:
             variants[name] = base.variant(scoring="prm")
         else:
             v = base.variant(scoring="sgpo")
-            v.cfg = dataclasses.replace(v.cfg, retrieval=dataclasses.replace(v.cfg.retrieval, **weights))
+            v.cfg = dataclasses.replace(v.cfg, test=dataclasses.replace(v.cfg.test, retrieval=dataclasses.replace(v.cfg.test.retrieval, **weights)))
             variants[name] = v
     preds = {name: {} for name in ROWS}
     for record in records:

@@ -5,7 +5,7 @@ scored on coco-val50.
 Rows: boxes-as-masks (each detected box filled: the same detector as the DASNet rows), DASNet with
 masks of 5 / 25 / all 211 images, and the fully supervised Mask R-CNN reference read from
 ``benchmarks/results/reference.md`` when that file exists. The detector depends only on the boxes,
-so it is trained once (in the first rung of ``--ladder``) and reused by the others (``detector.weights``).
+so it is trained once (in the first rung of ``--ladder``) and reused by the others (``model.detector.weights``).
 
     python benchmarks/bench_dasnet.py [--config wsis/configs/dasnet_cpu.yaml] [--workdir runs/bench_dasnet]
 
@@ -115,9 +115,9 @@ def main() -> None:
     ladder = args.ladder.split(",")
     for budget in ladder:
         run = args.workdir / f"masks_{budget}"
-        overrides = [f"masks_for={budget}", "device=cpu", *args.overrides]
+        overrides = [f"data.masks_for={budget}", "device=cpu", *args.overrides]
         if first is not None:
-            overrides.append(f"detector.weights={first / 'detector' / 'model.pt'}")
+            overrides.append(f"model.detector.weights={first / 'detector' / 'model.pt'}")
         start = time.perf_counter()
         predictor = dasnet.load(run) if (run / "method.json").is_file() else \
             dasnet.fit(train, config=args.config, overrides=overrides, workdir=run)

@@ -69,7 +69,7 @@ def main() -> None:
             predictor = models[label][0]
             timer = StageTimer()
             predict_instances(predictor.model, image, predictor.labels, predictor.device,
-                              predictor.cfg.detector.mask_threshold, timer)
+                              predictor.cfg.test.mask_threshold, timer)
             per_image[label].append(timer)
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "commit": commit(),
               "images": len(records), "peak_rss_mib": peak_rss_mib(),

@@ -75,10 +75,11 @@ def main() -> None:
                  "config": str(config), "overrides": args.overrides, "train_images": len(train),
                  "val_images": len(val), "rows": {}}
     from wsis.config import load_config
+    from wsis.engine.schedule import schedule_length
     from wsis.methods.labelpenet.config import LabelPENetConfig
 
     cfg = load_config(LabelPENetConfig, config, list(args.overrides))
-    out["schedules"] = {m: getattr(cfg.schedule, m).iterations for m in (*MODULES, "forward_backward")}
+    out["schedules"] = {m: schedule_length(getattr(cfg.schedule, m)) for m in (*MODULES, "forward_backward")}
     for phase, extra in (("cascaded pre-training", ["schedule.forward_backward.iterations=0"]),
                          ("forward-backward", [])):
         t = time.perf_counter()

@@ -83,10 +83,10 @@ def main() -> None:
     deltas = [d for d in args.deltas if d != delta]
 
     started = time.perf_counter()
-    runs = {delta: mser_sgpo.fit(train, args.config, base + [f"stages={args.stages}"], args.workdir / f"delta{delta:g}")}
+    runs = {delta: mser_sgpo.fit(train, args.config, base + [f"erasing.stages={args.stages}"], args.workdir / f"delta{delta:g}")}
     for d in deltas:
         share_stage1(args.workdir / f"delta{delta:g}", args.workdir / f"delta{d:g}")
-        runs[d] = mser_sgpo.fit(train, args.config, base + ["stages=2", f"erasing.delta={d}"], args.workdir / f"delta{d:g}")
+        runs[d] = mser_sgpo.fit(train, args.config, base + ["erasing.stages=2", f"erasing.delta={d}"], args.workdir / f"delta{d:g}")
     fit_seconds = time.perf_counter() - started
 
     rows = rows_spec(args.stages, delta, deltas)
@@ -128,7 +128,7 @@ def main() -> None:
                   "median_s_prm_single_network": statistics.median(t_prm),
                   "median_s_mser_sgpo_T2": statistics.median(t_full),
                   "median_s_proposals": statistics.median(t_prop),
-                  "image_size": main_run.cfg.classifier.image_size, "peak_backprop": main_run.cfg.peak_backprop},
+                  "image_size": main_run.cfg.data.image_size, "peak_backprop": main_run.cfg.test.peak_backprop},
         "machine": machine(),
         "rows": [{**r, "delta": r["run"], "all80": evaluate(scored, preds[r["name"]]),
                   "voc20": voc20(scored, preds[r["name"]])} for r in rows],

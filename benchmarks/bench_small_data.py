@@ -32,9 +32,9 @@ COCO128 = ROOT.parent / "shared" / "data" / "coco128" / "annotations" / "instanc
 # name -> (config overrides, epoch stages)
 VARIANTS: dict[str, tuple[list[str], list[int]]] = {
     "default": ([], [5, 20]),  # prm_cpu.yaml: 448 px, batch 16, lr 0.01
-    "small224": (["classifier.image_size=224", "classifier.batch_size=4"], [10, 20, 40]),
+    "small224": (["data.image_size=224", "schedule.batch_size=4"], [10, 20, 40]),
     # at 20 epochs: prm_small.yaml (--config small)
-    "small224_lr05": (["classifier.image_size=224", "classifier.batch_size=4", "classifier.lr=0.05"], [10, 20, 40]),
+    "small224_lr05": (["data.image_size=224", "schedule.batch_size=4", "schedule.lr=0.05"], [10, 20, 40]),
 }
 
 
@@ -94,13 +94,13 @@ def main() -> None:
                 continue
             start = time.perf_counter()
             predictor = prm.fit(records, config=ROOT / "wsis" / "configs" / "prm_cpu.yaml",
-                                overrides=[*overrides, f"classifier.epochs={epochs}"],
+                                overrides=[*overrides, f"schedule.epochs={epochs}"],
                                 workdir=args.workdir / f"{name}-{epochs}")
-            cfg = predictor.cfg.classifier
-            steps = epochs * -(-len(records) // cfg.batch_size)
+            cfg = predictor.cfg
+            steps = epochs * -(-len(records) // cfg.schedule.batch_size)
             row = {"variant": name, "overrides": overrides, "epochs": epochs, "steps": steps,
                    "train_seconds": round(time.perf_counter() - start, 1), "commit": commit(),
-                   **measure(class_scores(predictor, records), records, predictor.category_ids, cfg.class_threshold)}
+                   **measure(class_scores(predictor, records), records, predictor.category_ids, cfg.test.class_threshold)}
             rows = [r for r in rows if (r["variant"], r["epochs"]) != (name, epochs)] + [row]
             print(json.dumps(row), flush=True)
             write(rows, records, args, store)
@@ -113,7 +113,7 @@ def write(rows: list[dict], records: RecordSet, args: argparse.Namespace, store:
              "", "`python benchmarks/bench_small_data.py --images N [--variants V] [--epochs E]`; each row is one "
              "fresh training run (its commit in the json). 2-core CPU shared with other jobs: seconds are upper "
              "bounds. A prediction is non-empty only for classes whose score (logit) reaches "
-             "`classifier.class_threshold` = 0.", "",
+             "`test.class_threshold` = 0.", "",
              "| variant | overrides of prm_cpu.yaml | epochs | steps | images with a class >= threshold | tag recall | "
              "false fires / image | mean top tagged logit | train s |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -160,9 +160,8 @@ def measure(method: str, workdir: Path, images: int, threads: int) -> dict:
     from wsis.proposals.cache import ProposalCache
 
     predictor = load_trained(workdir)
-    if method in ("prm", "mser_sgpo"):  # the section is "classifier" since the package refactor
-        section = getattr(predictor.cfg, "classifier", None) or predictor.cfg.prm
-        section.class_threshold = CLASS_THRESHOLD
+    if method in ("prm", "mser_sgpo"):
+        predictor.cfg.test.class_threshold = CLASS_THRESHOLD
     records = val_records(images)
     clock = StageClock()
     instrument(predictor, method, clock)
@@ -208,8 +207,7 @@ def parallel(method: str, workdir: Path, images: int) -> dict:
 
     predictor = load_trained(workdir)
     if method in ("prm", "mser_sgpo"):
-        section = getattr(predictor.cfg, "classifier", None) or predictor.cfg.prm
-        section.class_threshold = CLASS_THRESHOLD
+        predictor.cfg.test.class_threshold = CLASS_THRESHOLD
     cache_root = Path(tempfile.mkdtemp(prefix="bench_speed_parallel_"))
     for cache in proposal_caches(predictor):
         cache.root = cache_root

@@ -7,8 +7,8 @@ without proposal generation). Writes ``<out>.json`` and prints the Markdown tabl
     python benchmarks/bench_wise.py [--wise-config wsis/configs/wise_cpu.yaml]
         [--reference-config wsis/configs/maskrcnn_cpu.yaml] [--workdir runs/bench_wise] [key=value ...]
 
-``key=value`` overrides apply to both runs when the key exists in both configs (detector.*,
-schedule.*, augment.*, device, seed ...) and to WISE only otherwise (prm.*, pseudo.*). Both runs
+``key=value`` overrides apply to both runs when the key exists in both configs (model.*,
+schedule.*, data.*, device, seed ...) and to WISE only otherwise (prm.*, pseudo.*). Both runs
 resume from ``--workdir`` when interrupted.
 """
 from __future__ import annotations

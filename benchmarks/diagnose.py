@@ -87,9 +87,9 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         holder["passed"] = passed
         peaks, values = pred.model.find_peaks(crm)
         allowed = torch.from_numpy(passed | gt_cols).to(crm.device)
-        return select_peaks(peaks, values, allowed, cfg.peak_threshold, cfg.max_peaks_per_class)
+        return select_peaks(peaks, values, allowed, cfg.test.peak_threshold, cfg.test.max_peaks_per_class)
 
-    batched = cfg.peak_backprop == "batched" or (cfg.peak_backprop == "auto" and pred.device.type == "cuda")
+    batched = cfg.test.peak_backprop == "batched" or (cfg.test.peak_backprop == "auto" and pred.device.type == "cuda")
     peaks, prms, crm = peak_response_maps(pred.model, x, select=select, batched=batched)
     s = x.shape[-1]
     class_maps = torch.nn.functional.interpolate(crm[None], size=(s, s), mode="bicubic", align_corners=False)[0]
@@ -102,10 +102,10 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
     gt_labels = gt.labels[gt_keep] if gt is not None and len(gt) else np.zeros(0, np.int64)
     # (c) ceiling among the proposals retrieval may pick (size limits)
     areas = mask_ops.area(props.masks) if props.masks else np.zeros(0)
-    lo, hi = cfg.retrieval.size_limit
+    lo, hi = cfg.test.retrieval.size_limit
     pickable = (areas >= lo * h * w) & (areas < hi * h * w)
-    if cfg.retrieval.proposal_count is not None:
-        pickable[cfg.retrieval.proposal_count:] = False
+    if cfg.test.retrieval.proposal_count is not None:
+        pickable[cfg.test.retrieval.proposal_count:] = False
     iou = mask_ops.iou(props.masks, gt_rles) if gt_rles and props.masks else np.zeros((len(areas), len(gt_rles)))
     best_iou = np.where(pickable[:, None], iou, 0).max(axis=0) if len(areas) else np.zeros(len(gt_rles))
     out["ceiling"] = {"labels": gt_labels, "best_iou": best_iou}
@@ -116,14 +116,14 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
             out["preds"][kind] = Instances((h, w), masks=[])
         return out
     small = mask_ops.resize_nearest(props.mask_array(), s, s)
-    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.retrieval)
+    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.test.retrieval)
     for kind, cols in (("predicted", holder["passed"]), ("oracle", gt_cols)):
         sel = np.flatnonzero(cols[peaks_np[:, 1]])
         if len(sel) == 0:
             out["preds"][kind] = Instances((h, w), masks=[])
             continue
-        found = select_instances(scores[sel], prms[sel], peaks_np[sel, 1], small, cfg.retrieval.nms_threshold,
-                                 merge=cfg.retrieval.merge_peak_response, class_aware=cfg.retrieval.class_aware_nms)
+        found = select_instances(scores[sel], prms[sel], peaks_np[sel, 1], small, cfg.test.retrieval.nms_threshold,
+                                 merge=cfg.test.retrieval.merge_peak_response, class_aware=cfg.test.retrieval.class_aware_nms)
         chosen = [props.masks[i] for i in found.proposal_index]
         labels = cat_ids[found.peak_classes] if len(chosen) else np.zeros(0, np.int64)
         out["preds"][kind] = Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels,
@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--val", type=Path, default=VAL_JSON)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("overrides", nargs="*", help="retrieval.KEY=VALUE etc. applied to the loaded config")
+    parser.add_argument("overrides", nargs="*", help="test.retrieval.KEY=VALUE etc. applied to the loaded config")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pred = load_predictor(args.workdir)

@@ -31,7 +31,7 @@ def main() -> None:
              "busy machine (the photos row: ~10 CPU minutes, almost all of it the 5 out-of-fold calibration fits). "
              "The baseline row was trained by the since-removed driver prm_frozen.py; the same run today is "
              "`python benchmarks/train_prm.py --config wsis/configs/prm_cpu.yaml --workdir runs/prm_frozen_l0 "
-             "fit.frozen_backbone=true fit.head_epochs=20`. Class prior on vs off at the same settings was not "
+             "model.frozen_backbone=true schedule.epochs=20`. Class prior on vs off at the same settings was not "
              "rerun through PRM for lack of time; its effect on tags is in `frozen_tags.md` (linear probe, sheep "
              "AP 18.4 -> 64.3 with Lite0, 39.3 -> 83.3 with Lite2; tag mAP 61.6 -> 67.2 / 61.8 -> 73.0). Stage by "
              "stage: `diagnose.md`.", "",

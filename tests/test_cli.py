@@ -104,9 +104,9 @@ def test_unknown_method_is_clean_error(hand_case, capsys):
 def test_overrides_after_options_reach_the_config(hand_case, capsys):
     # a typo in an override is reported before any training starts
     code = main(["train", "prm", "--data", str(hand_case / "gt.json"), "--image-root", str(hand_case),
-                 "--workdir", str(hand_case / "w"), "classifier.epoch=1"])
+                 "--workdir", str(hand_case / "w"), "schedule.epoch=1"])
     assert code == 2
-    assert "unknown config key 'classifier.epoch'" in capsys.readouterr().err
+    assert "unknown config key 'schedule.epoch'" in capsys.readouterr().err
 
 
 def test_visualize_real_coco_val50(tmp_path):

@@ -68,13 +68,19 @@ def _track(obj: typing.Any, reads: _Reads, prefix: str = "") -> typing.Any:
 
 
 @contextmanager
-def recording(monkeypatch, module, reads: _Reads):
+def recording(monkeypatch, module, reads: _Reads, stages: dict | None = None):
     """``module.load_config`` returns recorded configs; copying a whole config (``asdict`` for
-    ``method.json``, ``replace``) is not a read."""
+    ``method.json``, ``replace``) is not a read. ``stages``: ``{module: prefix}`` of methods a method
+    trains as a stage from a config it writes (WISE's PRM), whose reads count under ``prefix``."""
     load = module.load_config
 
     def tracked_load(*args, **kwargs):
         return _track(load(*args, **kwargs), reads)
+
+    for stage_module, prefix in (stages or {}).items():
+        stage_load = stage_module.load_config
+        monkeypatch.setattr(stage_module, "load_config",
+                            lambda *a, _load=stage_load, _prefix=prefix, **k: _track(_load(*a, **k), reads, _prefix))
 
     def paused(fn):
         def call(*args, **kwargs):
@@ -98,9 +104,9 @@ def _scenes(tmp_path, n=4):
 
 
 # Tiny, fast settings; every peak kept so that the scoring stage runs.
-PRM_TINY = ["backbone=tf_efficientnet_lite0", "pretrained=false", "classifier.epochs=1", "classifier.image_size=64",
-            "classifier.batch_size=4", "classifier.sub_pixel_factor=2", "classifier.class_threshold=-1000000000.0",
-            "peak_threshold=-1000000000.0", "max_peaks_per_class=2", "device=cpu", "proposals.method=superpixel"]
+PRM_TINY = ["model.backbone=tf_efficientnet_lite0", "model.pretrained=false", "schedule.epochs=1", "data.image_size=64",
+            "schedule.batch_size=4", "model.sub_pixel_factor=2", "test.class_threshold=-1000000000.0",
+            "test.peak_threshold=-1000000000.0", "test.max_peaks_per_class=2", "device=cpu", "proposals.method=superpixel"]
 
 
 def _assert_all_read(cls: type, reads: _Reads, unused_by_design: set[str] = frozenset()) -> None:
@@ -118,8 +124,8 @@ def test_every_prm_key_is_read(tmp_path, monkeypatch):
         predictor = prm.fit(records, overrides=PRM_TINY, workdir=tmp_path / "run")
         predictor.predict_records(records, progress=False)
         # the frozen/cached-backbone path reads the fit.* keys (and not the backbone's schedule)
-        frozen = ["fit.frozen_backbone=true", "fit.class_prior=imagenet", "fit.thresholds=calibrated",
-                  "fit.head_epochs=1", "fit.calibration_folds=2", "fit.min_positives=1"]
+        frozen = ["model.frozen_backbone=true", "model.class_prior=imagenet", "calibration.thresholds=calibrated",
+                  "schedule.epochs=1", "calibration.folds=2", "calibration.min_positives=1"]
         predictor = prm.fit(records, overrides=PRM_TINY + frozen, workdir=tmp_path / "frozen")
         predictor.predict_records(records, progress=False)
     _assert_all_read(prm.PRMMethodConfig, reads)
@@ -132,19 +138,81 @@ def test_every_mser_sgpo_key_is_read(tmp_path, monkeypatch, scoring):
 
     reads = _Reads()
     records = _scenes(tmp_path)
-    overrides = PRM_TINY + ["stages=2", f"scoring={scoring}", "fusion=match"]
+    overrides = PRM_TINY + ["erasing.stages=2", f"test.scoring={scoring}", "test.fusion=match"]
     with recording(monkeypatch, mser, reads):
         predictor = mser.fit(records, overrides=overrides, workdir=tmp_path / "run")
         predictor.predict_records(records, progress=False)
     # each scoring rule reads its own part of the one scoring config; the two runs together read all
-    only = {"sgpo": {"retrieval.bg_threshold_factor", "retrieval.proposal_count"},
-            "prm": {"retrieval.omega", "retrieval.class_irrelevant", "retrieval.saliency"}}
-    # MSERSGPOConfig inherits PRM's fit.* section (frozen cached backbone, class prior, calibrated
-    # thresholds, issue 11) but its T-stage training does not use it yet: known dead keys, listed here
-    # until MSER's fit reads them or the section moves out of the shared base.
-    inherited = {f"fit.{k}" for k in ("frozen_backbone", "class_prior", "thresholds", "head_epochs", "head_lr",
-                                      "train_sub_pixel_factor", "feature_cache", "calibration_folds", "min_positives")}
-    _assert_all_read(mser.MSERSGPOConfig, reads, only[scoring] | inherited)
+    only = {"sgpo": {"test.retrieval.bg_threshold_factor", "test.retrieval.proposal_count"},
+            "prm": {"test.retrieval.omega", "test.retrieval.class_irrelevant", "test.retrieval.saliency"}}
+    _assert_all_read(mser.MSERSGPOConfig, reads, only[scoring])
+
+
+DETECTOR_TINY = ["model.pretrained=false", "data.min_size=64", "data.max_size=64", "model.rpn_pre_nms_top_n_train=100",
+                 "model.rpn_post_nms_top_n_train=50", "test.rpn_pre_nms_top_n_test=100", "test.rpn_post_nms_top_n_test=50",
+                 "model.box_batch_size_per_image=32", "device=cpu", "schedule.iterations=2", "schedule.batch_size=2",
+                 "schedule.grad_clip=10", "test.refine=true", "test.score_threshold=0.0",
+                 "proposals.method=superpixel", "proposals.settings={max_side: 64, max_proposals: 30}"]
+
+
+@pytest.mark.slow  # ~15 s
+def test_every_maskrcnn_key_is_read(tmp_path, monkeypatch):
+    import wsis.methods.maskrcnn as maskrcnn
+
+    reads = _Reads()
+    records = _scenes(tmp_path)
+    with recording(monkeypatch, maskrcnn, reads):
+        maskrcnn.fit(records, overrides=DETECTOR_TINY, workdir=tmp_path / "run").predict_records(records, progress=False)
+    # the length in epochs is read (schedule_length) but null here; num_workers is the data loader's
+    _assert_all_read(maskrcnn.MaskRCNNMethodConfig, reads)
+
+
+@pytest.mark.slow  # ~30 s
+def test_every_wise_key_is_read(tmp_path, monkeypatch):
+    import wsis.methods.prm as prm
+    import wsis.methods.wise as wise
+
+    reads = _Reads()
+    records = _scenes(tmp_path)
+    overrides = DETECTOR_TINY + ["prm.model.pretrained=false", "prm.data.image_size=64", "prm.schedule.epochs=1",
+                                 "prm.schedule.batch_size=4", "prm.model.sub_pixel_factor=2",
+                                 "pseudo.max_peaks_per_class=2"]
+    with recording(monkeypatch, wise, reads, stages={prm: "prm."}):
+        wise.fit(records, overrides=overrides, workdir=tmp_path / "run").predict_records(records, progress=False)
+    # the PRM stage's own sections beyond WISE's prm.{model,data,schedule} are not WISE's keys
+    _assert_all_read(wise.WiseMethodConfig, reads)
+
+
+@pytest.mark.slow  # ~20 s
+def test_every_pdsl_key_is_read(tmp_path, monkeypatch):
+    import wsis.methods.pdsl as pdsl
+    from test_pdsl import TINY
+
+    reads = _Reads()
+    records = _scenes(tmp_path)
+    with recording(monkeypatch, pdsl, reads):
+        pdsl.fit(records, overrides=TINY + ["schedule.iterations=2", "schedule.grad_clip=5"],
+                 workdir=tmp_path / "run").predict_records(records, progress=False)
+    _assert_all_read(pdsl.PDSLMethodConfig, reads)
+
+
+@pytest.mark.slow  # ~30 s
+def test_every_dasnet_key_is_read(tmp_path, monkeypatch):
+    import wsis.methods.dasnet as dasnet
+
+    reads = _Reads()
+    records = _scenes(tmp_path)
+    tiny = ["model.detector.pretrained=false", "data.size=64", "device=cpu", "data.masks_for=2",
+            "model.segmentation.top_layers=1", "model.segmentation.top_channels=8"] + [
+        f"schedule.{s}.{k}" for s in ("detection", "semantic", "instance")
+        for k in ("iterations=2", "batch_size=2", "grad_clip=10", "lr_steps=[1]", "warmup_iterations=1")]
+    with recording(monkeypatch, dasnet, reads):
+        predictor = dasnet.fit(records, overrides=tiny, workdir=tmp_path / "run")
+        predictor.predict_records(records, progress=False)
+        # the detector of a finished run, reused instead of training stage 1 again
+        reuse = tiny + [f"model.detector.weights={tmp_path / 'run' / 'detector' / 'model.pt'}"]
+        dasnet.fit(records, overrides=reuse, workdir=tmp_path / "reuse")
+    _assert_all_read(dasnet.DASNetConfig, reads)
 
 
 @pytest.mark.slow  # ~60 s on the shared 2-core machine
@@ -188,11 +256,17 @@ def _encloses(outer: str, inner: str) -> bool:
     return outer != inner and (outer == "" or inner.startswith(outer + "."))
 
 
+# A stage of a multi-stage method (WISE's ``prm``) is itself laid out in the skeleton's sections, so
+# these section names may repeat under it; the fields inside them may not.
+SKELETON_SECTIONS = {"model", "data", "schedule", "proposals", "test"}
+
+
 def repeated_names(cls: type) -> dict[str, list[str]]:
     """Field (or section) names that occur both in a section and in a section nested in it (the root
     included) -> their dotted paths: ``prm.prm``, ``device`` beside ``prm.device``."""
     where: dict[str, list[str]] = {}
-    for path in all_fields(cls) + _section_paths(cls):
+    sections = [p for p in _section_paths(cls) if p.rsplit(".", 1)[-1] not in SKELETON_SECTIONS]
+    for path in all_fields(cls) + sections:
         where.setdefault(path.rsplit(".", 1)[-1], []).append(path)
     return {n: sorted(p) for n, p in where.items()
             if any(_encloses(_parent(a), _parent(b)) for a in p for b in p)}
@@ -235,6 +309,20 @@ class _Siblings:
     b: _Other = dataclasses.field(default_factory=_Other)
 
 
+@dataclasses.dataclass
+class _Stage:
+    schedule: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+@dataclasses.dataclass
+class _TwoStages:
+    schedule: _Other = dataclasses.field(default_factory=_Other)
+    first: _Stage = dataclasses.field(default_factory=_Stage)
+    epochs: int = 0
+
+
 def test_repeat_check_catches_a_nested_copy_and_allows_siblings():
     assert repeated_names(_Outer) == {"epochs": ["epochs", "inner.epochs"]}
     assert repeated_names(_Siblings) == {}  # a.epochs and b.epochs: two sections, each its own
+    # a stage's own skeleton sections are allowed (first.schedule beside schedule), a leaf above is not
+    assert repeated_names(_TwoStages) == {"epochs": ["epochs", "first.schedule.epochs", "schedule.epochs"]}

@@ -189,7 +189,7 @@ def test_cli_train_with_three_masks_beats_boxes_as_masks_on_held_out_scenes(tmp_
     assert main(["synth", "--out", str(tmp_path / "val"), "--images", "8", "--seed", "2"]) == 0
     train_json, val_json = tmp_path / "train/annotations.json", tmp_path / "val/annotations.json"
     run = tmp_path / "run"
-    short = ["augment.size=128", "tasks=[semantic,instance]", "device=cpu",
+    short = ["data.size=128", "model.tasks=[semantic,instance]", "device=cpu",
              "schedule.detection.iterations=80", "schedule.detection.lr_steps=[60]", "schedule.detection.log_every=100",
              "schedule.semantic.iterations=30", "schedule.semantic.lr_steps=[25]",
              "schedule.instance.iterations=10", "schedule.instance.lr_steps=[8]"]

@@ -76,8 +76,38 @@ def test_calibrated_thresholds_need_the_frozen_backbone():
     import pytest
 
     from wsis.errors import InputError
-    from wsis.methods.prm.frozen import FitConfig, check
+    from wsis.config import load_config
+    from wsis.methods.prm.config import PRMMethodConfig
+    from wsis.methods.prm.frozen import check
 
-    check(FitConfig(frozen_backbone=True, thresholds="calibrated", class_prior="imagenet"))
+    check(load_config(PRMMethodConfig, overrides=["model.frozen_backbone=true", "calibration.thresholds=calibrated",
+                                                  "model.class_prior=imagenet"]))
     with pytest.raises(InputError, match="frozen_backbone"):
-        check(FitConfig(thresholds="calibrated"))
+        check(load_config(PRMMethodConfig, overrides=["calibration.thresholds=calibrated"]))
+
+
+def test_class_layer_follows_the_schedule_settings():
+    """The frozen path honours the whole schedule: a length in iterations (the last epoch cut short),
+    x0.1 steps and clipping. Known answers: a step at iteration 0 is the same as a 10x smaller rate
+    throughout; 8 iterations of batch 4 on 16 images are 2 epochs; 0 iterations leave the start."""
+    rng = np.random.default_rng(1)
+    feats = torch.from_numpy(rng.normal(0, 1.0, (16, 2, 4, 4)).astype(np.float32))
+    targets = torch.from_numpy(rng.random((16, 2)) < 0.5).float()
+
+    def train(**kw):
+        layer, losses = train_class_layer(feats, targets, 2, HeadConfig(batch_size=4, **kw), sub_pixel_factor=1)
+        return layer.weight.detach().clone(), losses
+
+    stepped, _ = train(epochs=3, lr=0.5, lr_steps=[0])
+    small, _ = train(epochs=3, lr=0.05)
+    assert torch.allclose(stepped, small, atol=1e-6)
+    by_iterations, losses = train(epochs=0, iterations=8, lr=0.5)
+    by_epochs, _ = train(epochs=2, lr=0.5)
+    assert torch.equal(by_iterations, by_epochs) and len(losses) == 2
+    cut, losses = train(epochs=0, iterations=6, lr=0.5)  # the second epoch stops after 2 of its 4 batches
+    assert len(losses) == 2 and not torch.equal(cut, by_epochs)
+    start, _ = train(epochs=0, iterations=0, lr=0.5)
+    torch.manual_seed(0)
+    assert torch.equal(start, nn.Conv2d(2, 2, kernel_size=1).weight.detach())
+    clipped, _ = train(epochs=1, lr=0.5, grad_clip=1e-8)  # a vanishing step: the start barely moves
+    assert torch.allclose(clipped, start, atol=1e-6) and not torch.allclose(by_epochs, start, atol=1e-3)

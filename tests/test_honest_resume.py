@@ -55,3 +55,12 @@ def test_resume_says_where_it_starts_and_ignores_workers(tmp_path, capsys):
     assert f"resuming from {tmp_path / 'last.pt'}: all 1 epochs were done already" in out
     _train(tmp_path, CONFIG, epochs=3)  # a longer schedule of the same settings (epochs are not in this config)
     assert "1 of 3 epochs and 0 steps of the next done (step 4)" in capsys.readouterr().out
+
+
+def test_a_run_of_the_layout_before_the_skeleton_is_refused_clearly(tmp_path):
+    _train(tmp_path, CONFIG)  # "classifier" section: the layout before model / data / schedule / test
+    skeleton = {"method": "prm", "config": {"data": {"image_size": 448}, "schedule": {"batch_size": 16},
+                                            "num_workers": 0, "device": "auto"}}
+    with pytest.raises(InputError, match=r"last.pt: this run was started with an earlier config layout \(sections "
+                                         r"classifier, device, num_workers\).*--restart"):
+        _train(tmp_path, skeleton, epochs=2)

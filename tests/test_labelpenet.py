@@ -70,7 +70,7 @@ def test_kill_and_resume_both_phases_is_bit_identical(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     meta = json.loads((tmp_path / "resumed" / "method.json").read_text())
     assert all(meta["modules"][m]["labelled_this_run"] == 0 for m in MODULES[:-1])  # nothing recomputed
-    assert meta["forward_backward_steps"] == 4
+    assert meta["forward_backward"] == {"iterations": 4}
     log = [json.loads(x) for x in (tmp_path / "resumed" / "forward_backward" / "log.jsonl").read_text().splitlines()]
     steps = [x for x in log if x.get("event") == "step"]
     assert any("bw_classification_loss_single_label" in x for x in steps)

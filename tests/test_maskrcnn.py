@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wsis import masks as mask_ops
-from wsis.detectors.maskrcnn import (AugmentConfig, DetectorConfig, InstanceDataset, LabelMap, StageTimer,
+from wsis.detectors.maskrcnn import (DetectorConfig, DetectorDataConfig, DetectorTestConfig, InstanceDataset, LabelMap, StageTimer,
                                      build_maskrcnn, detect, ground_truth_instances, targets_from_instances)
 from wsis.detectors.refine import refine_with_proposals
 from wsis.errors import InputError
@@ -18,10 +18,10 @@ from wsis.structures import ImageRecord, Instances
 torch.set_num_threads(1)
 
 # A tiny, fast detector: random-init Lite0-FPN, 64-96 px inputs, few RPN proposals and RoIs.
-TINY = ["detector.pretrained=false", "detector.min_size=96", "detector.max_size=96",
-        "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=100",
-        "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=100",
-        "detector.box_batch_size_per_image=64", "device=cpu", "schedule.log_every=1"]
+TINY = ["model.pretrained=false", "data.min_size=96", "data.max_size=96",
+        "model.rpn_pre_nms_top_n_train=200", "model.rpn_post_nms_top_n_train=100",
+        "test.rpn_pre_nms_top_n_test=200", "test.rpn_post_nms_top_n_test=100",
+        "model.box_batch_size_per_image=64", "device=cpu", "schedule.log_every=1"]
 
 
 def _box(h, w, y0, y1, x0, x1):
@@ -61,7 +61,7 @@ def test_dataset_flip_and_jitter_depend_on_seed_epoch_index(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 10, 3), dtype=np.uint8)).save(path)
     m = _box(8, 10, 0, 8, 0, 3)
     rec = ImageRecord(0, path, 10, 8, tags=(1,), gt=Instances((8, 10), labels=[1], masks=mask_ops.encode_many(m[None])))
-    ds = InstanceDataset([rec], ground_truth_instances, LabelMap([1]), AugmentConfig(), seed=3)
+    ds = InstanceDataset([rec], ground_truth_instances, LabelMap([1]), DetectorDataConfig(), seed=3)
     seen = []
     for epoch in range(8):
         ds.set_epoch(epoch)
@@ -110,9 +110,14 @@ def test_unknown_backbone_is_an_input_error():
 
 
 def _tiny_cfg(**kw) -> DetectorConfig:
-    return DetectorConfig(pretrained=False, min_size=96, max_size=96, rpn_pre_nms_top_n_test=200,
-                          rpn_post_nms_top_n_test=100, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+    return DetectorConfig(pretrained=False, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
                           box_batch_size_per_image=64, **kw)
+
+
+def _tiny(cfg: DetectorConfig, **test):
+    """A 2-class model on 96 px inputs with few RPN proposals at test time (``test``: more test settings)."""
+    return build_maskrcnn(cfg, 2, data=DetectorDataConfig(min_size=96, max_size=96),
+                          test=DetectorTestConfig(rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=100, **test))
 
 
 def _one_object_batch():
@@ -122,26 +127,26 @@ def _one_object_batch():
 
 
 def test_anchor_sizes_reach_the_rpn_and_need_one_per_level():
-    model = build_maskrcnn(_tiny_cfg(anchor_sizes=[16, 32, 64, 128, 256]), 2)
+    model = _tiny(_tiny_cfg(anchor_sizes=[16, 32, 64, 128, 256]))
     assert model.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
     with pytest.raises(InputError):
-        build_maskrcnn(_tiny_cfg(anchor_sizes=[16, 32]), 2)
+        _tiny(_tiny_cfg(anchor_sizes=[16, 32]))
 
 
 def test_frozen_body_gets_no_gradient_and_keeps_parameter_names():
     torch.manual_seed(0)
-    frozen = build_maskrcnn(_tiny_cfg(train_body=False), 2).train()
+    frozen = _tiny(_tiny_cfg(train_body=False)).train()
     sum(frozen(*_one_object_batch()).values()).backward()
     assert all(p.grad is None and not p.requires_grad for p in frozen.backbone.body.parameters())
     assert all(p.grad is not None for p in frozen.backbone.fpn.parameters())
     # saved models load into either variant
-    assert list(frozen.state_dict()) == list(build_maskrcnn(_tiny_cfg(), 2).state_dict())
+    assert list(frozen.state_dict()) == list(_tiny(_tiny_cfg()).state_dict())
 
 
 def test_detectron_init_starts_the_mask_loss_at_ln2():
     # mask logits ~ N(0, 0.001 * |features|) are ~0, so the per-pixel BCE is ln 2 whatever the target
     torch.manual_seed(0)
-    model = build_maskrcnn(_tiny_cfg(predictor_init="detectron"), 2).train()
+    model = _tiny(_tiny_cfg(predictor_init="detectron")).train()
     losses = model(*_one_object_batch())
     assert abs(float(losses["loss_mask"].detach()) - np.log(2)) < 0.01
     # class scores ~0 too: the classification loss is ln(K + 1) for K = 2 classes
@@ -150,7 +155,7 @@ def test_detectron_init_starts_the_mask_loss_at_ln2():
 
 def test_staged_detect_equals_the_model_forward_and_times_every_stage():
     torch.manual_seed(0)
-    model = build_maskrcnn(_tiny_cfg(score_threshold=0.0, detections_per_image=20), 2).eval()
+    model = _tiny(_tiny_cfg(), score_threshold=0.0, detections_per_image=20).eval()
     x = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model([x])[0]
@@ -171,7 +176,7 @@ def test_tiny_maskrcnn_trains_predicts_and_round_trips(tmp_path):
     records = make_scenes(tmp_path / "data", num_images=2, image_size=(96, 96), seed=1)
     method = get_method("maskrcnn")
     predictor = method.fit(records, None, TINY + ["schedule.iterations=16", "schedule.batch_size=2",
-                                                  "schedule.lr=0.005", "augment.hflip=false"], tmp_path / "run")
+                                                  "schedule.lr=0.005", "data.hflip=false"], tmp_path / "run")
     lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     epochs = [l for l in lines if l["event"] == "epoch"]
     assert len(epochs) == 16 and {"loss_mask", "loss_classifier", "loss_objectness"} <= set(epochs[0])
@@ -190,5 +195,5 @@ def test_tiny_maskrcnn_trains_predicts_and_round_trips(tmp_path):
         np.testing.assert_array_equal(a.labels, b.labels)
     # a finished workdir is resumed, not retrained: the log does not grow
     method.fit(records, None, TINY + ["schedule.iterations=16", "schedule.batch_size=2", "schedule.lr=0.005",
-                                      "augment.hflip=false"], tmp_path / "run")
+                                      "data.hflip=false"], tmp_path / "run")
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == len(lines)

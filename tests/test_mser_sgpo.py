@@ -55,9 +55,9 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
 
     write_coco_gt(make_scenes(tmp_path / "data", num_images=8, seed=3, image_size=(64, 64)), tmp_path / "gt.json")
     records = read_coco(tmp_path / "gt.json", image_root=tmp_path / "data" / "images")
-    overrides = ["backbone=tf_efficientnet_lite0", "pretrained=false", "classifier.epochs=1", "classifier.image_size=64",
-                 "classifier.batch_size=4", "classifier.sub_pixel_factor=2", "max_peaks_per_class=2", "device=cpu",
-                 "proposals.method=superpixel", "retrieval.saliency=spectral_residual"]
+    overrides = ["model.backbone=tf_efficientnet_lite0", "model.pretrained=false", "schedule.epochs=1", "data.image_size=64",
+                 "schedule.batch_size=4", "model.sub_pixel_factor=2", "test.max_peaks_per_class=2", "device=cpu",
+                 "proposals.method=superpixel", "test.retrieval.saliency=spectral_residual"]
     work = tmp_path / "run"
     predictor = fit(records, overrides=overrides, workdir=work)
     cfg = predictor.cfg
@@ -90,10 +90,10 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
     for p in preds.values():
         assert set(np.asarray(p.labels).tolist()) <= set(category_ids)
 
-    # stacked networks (peak_backprop=batched) give the loop's stage responses
+    # stacked networks (test.peak_backprop=batched) give the loop's stage responses
     x = predictor.base.prepare(load_image(records.records[0].path))
     loop = predictor.stage_responses(x)
-    predictor.cfg = dataclasses.replace(cfg, peak_backprop="batched")
+    predictor.cfg = dataclasses.replace(cfg, test=dataclasses.replace(cfg.test, peak_backprop="batched"))
     stacked = predictor.stage_responses(x)
     predictor.cfg = cfg
     assert len(stacked) == len(loop) == 2
@@ -127,3 +127,35 @@ def test_fit_erases_where_stage1_prms_exceed_delta_and_resumes(tmp_path):
     from wsis.errors import InputError
     with pytest.raises(InputError):
         fit(records, overrides=overrides + ["erasing.delta=50"], workdir=work)
+
+
+def test_erase_masks_are_shared_out_between_processes(tmp_path, monkeypatch):
+    """Under torchrun each process erases its share of the images (one writer per file); the masks of
+    the two shares together are those of a single process."""
+    import wsis.methods.mser_sgpo as mser
+    from wsis.config import load_config
+    from wsis.data.synthetic import make_scenes
+    from wsis.methods.prm import build_model
+
+    records = make_scenes(tmp_path / "data", num_images=5, seed=3, image_size=(64, 64))
+    recs, category_ids = list(records.records), sorted(records.categories)
+    cfg = load_config(mser.MSERSGPOConfig, overrides=["model.pretrained=false", "data.image_size=64", "device=cpu",
+                                                      "model.sub_pixel_factor=2", "test.max_peaks_per_class=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(category_ids))
+    single = mser.erase_stage(model, recs, category_ids, cfg, tmp_path / "single", [None] * len(recs))
+
+    def as_rank(rank):
+        monkeypatch.setattr(mser.dist_utils, "get_rank", lambda: rank)
+        monkeypatch.setattr(mser.dist_utils, "get_world_size", lambda: 2)
+        monkeypatch.setattr(mser.dist_utils, "is_main", lambda: rank == 0)
+        monkeypatch.setattr(mser.dist_utils, "barrier", lambda: None)
+
+    as_rank(0)
+    shared = mser.erase_stage(model, recs, category_ids, cfg, tmp_path / "shared", [None] * len(recs))
+    assert [p.is_file() for p in shared] == [True, False, True, False, True]
+    as_rank(1)
+    mser.erase_stage(model, recs, category_ids, cfg, tmp_path / "shared", [None] * len(recs))
+    assert all(p.is_file() for p in shared)
+    for a, b in zip(single, shared):
+        np.testing.assert_array_equal(mser.load_mask(a), mser.load_mask(b))

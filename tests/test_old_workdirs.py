@@ -25,8 +25,8 @@ def test_old_prm_config_migrates(tmp_path):
            "peak_threshold": 2.0, "retrieval": {"balance_factor": 0.7, "penalty_factor": 0.01,
                                                 "penalty_reference_area": None}}
     _, cfg = read_trained(_write(tmp_path / "run", "prm", old), PRMMethodConfig, migrate_config)
-    assert (cfg.classifier.epochs, cfg.classifier.class_threshold, cfg.peak_threshold) == (7, 0.5, 2.0)
-    assert (cfg.retrieval.alpha, cfg.retrieval.gamma, cfg.retrieval.gamma_reference_area) == (0.7, 0.01, None)
+    assert (cfg.schedule.epochs, cfg.test.class_threshold, cfg.test.peak_threshold) == (7, 0.5, 2.0)
+    assert (cfg.test.retrieval.alpha, cfg.test.retrieval.gamma, cfg.test.retrieval.gamma_reference_area) == (0.7, 0.01, None)
 
 
 def test_old_mser_config_merges_sgpo_into_retrieval(tmp_path):
@@ -36,10 +36,10 @@ def test_old_mser_config_merges_sgpo_into_retrieval(tmp_path):
            "retrieval": {"balance_factor": 0.8, "nms_threshold": 0.5, "bg_threshold_factor": 0.9},
            "sgpo": {"omega": 0.5, "nms_threshold": 0.3, "saliency": "fine_grained"}}
     _, cfg = read_trained(_write(tmp_path / "run", "mser_sgpo", old), MSERSGPOConfig, migrate_mser_config)
-    r = cfg.retrieval
+    r = cfg.test.retrieval
     # the run scored with SGPO: its nms_threshold wins; PRM-only keys are kept
     assert (r.omega, r.nms_threshold, r.saliency, r.bg_threshold_factor) == (0.5, 0.3, "fine_grained", 0.9)
-    assert cfg.classifier.epochs == 3
+    assert cfg.schedule.epochs == 3
 
 
 def test_old_wise_config_keeps_only_the_classifier(tmp_path):
@@ -48,7 +48,7 @@ def test_old_wise_config_keeps_only_the_classifier(tmp_path):
     old = {"seed": 1, "prm": {"backbone": "resnet50", "device": "cpu", "prm": {"epochs": 4, "peak_threshold": 30},
                               "retrieval": {"balance_factor": 0.8}, "proposals": {"method": "superpixel"}}}
     _, cfg = read_trained(_write(tmp_path / "run", "wise", old), WiseMethodConfig, migrate_config)
-    assert (cfg.prm.backbone, cfg.prm.classifier.epochs, cfg.seed) == ("resnet50", 4, 1)
+    assert (cfg.prm.model.backbone, cfg.prm.schedule.epochs, cfg.seed) == ("resnet50", 4, 1)
 
 
 def test_an_unreadable_old_config_fails_with_one_line_naming_the_file(tmp_path):

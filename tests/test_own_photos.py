@@ -301,8 +301,9 @@ def test_8_configs_by_name(scene, capsys):
     from wsis.config import load_config
     from wsis.methods.prm import PRMMethodConfig
 
-    small = load_config(PRMMethodConfig, config_path("prm", "small")).classifier
-    assert (small.image_size, small.batch_size, small.lr, small.epochs) == (224, 4, 0.05, 20)
+    small = load_config(PRMMethodConfig, config_path("prm", "small"))
+    s = small.schedule
+    assert (small.data.image_size, s.batch_size, s.lr, s.epochs) == (224, 4, 0.05, 20)
     code = main(["train", "prm", "--data", str(scene / "photos"), "--workdir", str(scene / "w"), "--config", "tiny"])
     assert code == 2
     err = capsys.readouterr().err

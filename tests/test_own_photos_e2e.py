@@ -42,20 +42,20 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     photos, run = tmp_path / "photos", tmp_path / "run"
     _own_photos(photos, 6)
-    tiny = ["classifier.epochs=1", "classifier.image_size=64", "classifier.batch_size=3", "proposals.settings.max_side=96",
+    tiny = ["schedule.epochs=1", "data.image_size=64", "schedule.batch_size=3", "proposals.settings.max_side=96",
             "proposals.settings.max_proposals=100"]
     # the README's command, with the tiny schedule on top of --config small
     assert main(["train", "prm", "--data", str(photos), "--categories", str(VAL), "--config", "small",
                  "--workdir", str(run), *tiny]) == 0
     out = capsys.readouterr().out
-    assert "6 images (0 without tags)" in out and "prm (prm_small.yaml): classifier.image_size=64" in out
+    assert "6 images (0 without tags)" in out and "prm (prm_small.yaml): data.image_size=64" in out
     assert "6 samples, batch 3, 2 steps per epoch x 1 epochs = 2 steps" in out and "s per step over the first 2" in out
 
     # the same workdir with another image size: refused, naming the key; --restart keeps the old run aside
-    other = [*tiny[:1], "classifier.image_size=96", *tiny[2:]]
+    other = [*tiny[:1], "data.image_size=96", *tiny[2:]]
     again = ["train", "prm", "--data", str(photos), "--categories", str(VAL), "--config", "small", "--workdir", str(run)]
     assert main([*again, *other]) == 2
-    assert "classifier.image_size: 64 -> 96" in capsys.readouterr().err
+    assert "data.image_size: 64 -> 96" in capsys.readouterr().err
     assert main([*again, *tiny]) == 0
     assert "all 1 epochs were done already" in capsys.readouterr().out
     assert main([*again, "--restart", *other]) == 0
@@ -67,7 +67,7 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
     results = tmp_path / "results.json"
     # (a one-epoch model's class scores sit below 0: the threshold is lowered so that there is something to score)
     assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--limit", "2", "--out", str(results),
-                 "classifier.class_threshold=-2"]) == 0
+                 "test.class_threshold=-2"]) == 0
     written = json.loads(results.read_text())
     assert written
     first_two = {i["id"] for i in json.loads(VAL.read_text())["images"][:2]}
@@ -77,7 +77,7 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
     # a folder of photos (here the training photos themselves), with an inference override
     more = tmp_path / "more.json"
     assert main(["predict", "--workdir", str(run), "--data", str(photos), "--limit", "1", "--out", str(more),
-                 "classifier.class_threshold=-0.5"]) == 0
+                 "test.class_threshold=-0.5"]) == 0
     assert all(val_names[r["category_id"]] == r["category_name"] for r in json.loads(more.read_text()))
 
     metrics = tmp_path / "metrics.json"
@@ -91,11 +91,11 @@ def test_readme_workflow_on_real_photos(tmp_path, capsys):
     capsys.readouterr()
     empty = tmp_path / "empty.json"
     assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--limit", "1", "--out", str(empty),
-                 "classifier.class_threshold=1000"]) == 0
+                 "test.class_threshold=1000"]) == 0
     assert json.loads(empty.read_text()) == []
-    assert "every class score is below classifier.class_threshold=1000 (highest" in capsys.readouterr().err
-    assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--out", str(empty), "classifier.lr=1"]) == 2
-    assert "'classifier.lr' is not an inference setting of prm" in capsys.readouterr().err
+    assert "every class score is below test.class_threshold=1000 (highest" in capsys.readouterr().err
+    assert main(["predict", "--workdir", str(run), "--data", str(VAL), "--out", str(empty), "schedule.lr=1"]) == 2
+    assert "'schedule.lr' is not an inference setting of prm" in capsys.readouterr().err
 
     viz = tmp_path / "overlays"
     assert main(["visualize", "--data", str(VAL), "--pred", str(results), "--max-images", "2", "--out", str(viz)]) == 0

@@ -10,7 +10,7 @@ import torch
 from wsis.config import load_config
 from wsis.errors import InputError
 from wsis.methods import METHODS
-from wsis.methods.pdsl.config import PDSLAugmentConfig, PDSLMethodConfig, PDSLModelConfig
+from wsis.methods.pdsl.config import PDSLDataConfig, PDSLMethodConfig, PDSLModelConfig
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "wsis" / "configs"
@@ -20,7 +20,7 @@ TINY = ["model.backbone=tf_efficientnet_lite0", "model.pretrained=false", "model
         "model.reduce_channels=16", "model.hidden=32", "model.mask_channels=8", "model.mask_convs=2",
         "model.mask_roi_size=7", "model.refine_heads=2", "model.mask_heads=2", "device=cpu",
         "schedule.batch_size=2", "schedule.lr=0.001", "schedule.log_every=1",
-        "augment.scales=[64,96]", "augment.max_size=128", "test.scales=[96]", "test.max_size=128",
+        "data.scales=[64,96]", "data.max_size=128", "test.scales=[96]", "test.max_size=128",
         "proposals.settings={max_proposals: 24}", "loss.mask_rois=6", "loss.n_seed=3"]
 
 
@@ -30,7 +30,7 @@ def test_registered():
 
 def test_paper_config_has_the_paper_values():
     cfg = load_config(PDSLMethodConfig, CONFIGS / "pdsl.yaml")
-    m, s, a, t = cfg.model, cfg.schedule, cfg.augment, cfg.test
+    m, s, a, t = cfg.model, cfg.schedule, cfg.data, cfg.test
     assert (m.refine_heads, m.mask_heads, cfg.loss.n_seed, cfg.loss.tau, cfg.loss.correlation) == (4, 4, 10, 5.0, True)
     assert cfg.loss.correlation_target == "score"   # Eq. 8 as written
     assert (s.lr, s.momentum, s.iterations, s.batch_size, m.dropout) == (0.01, 0.9, 240000, 1, 0.5)
@@ -41,7 +41,7 @@ def test_paper_config_has_the_paper_values():
     assert cpu.model.backbone == "tf_efficientnet_lite0" and cpu.proposals.settings["max_proposals"] <= 500
     assert len(cpu.test.scales) < len(t.scales) and cpu.loss.mask_rois is not None
     demo = load_config(PDSLMethodConfig, CONFIGS / "demo_pdsl.yaml")   # `wsis demo --method pdsl`
-    assert max(demo.augment.scales) <= demo.augment.max_size and demo.model == cpu.model
+    assert max(demo.data.scales) <= demo.data.max_size and demo.model == cpu.model
     assert demo.loss == cpu.loss and demo.schedule.lr_steps[-1] < demo.schedule.iterations
 
 
@@ -98,7 +98,7 @@ def test_training_samples_are_a_function_of_seed_epoch_and_image(tmp_path):
     records = make_scenes(tmp_path / "data", num_images=2, image_size=(80, 120), seed=1)
     boxes = np.array([[0, 0, 120, 80], [10, 10, 50, 40], [100, 70, 120, 80]], np.float32)
     ds = PDSLDataset(records.records, sorted(records.categories), lambda r: boxes,
-                     PDSLAugmentConfig(scales=[40, 60], max_size=200), lambda x: x.float(), seed=0)
+                     PDSLDataConfig(scales=[40, 60], max_size=200), lambda x: x.float(), seed=0)
     a, b = ds[1], ds[1]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"]) and a["flip"] == b["flip"]
     seen = set()
@@ -244,7 +244,7 @@ def test_seed_masks_are_an_explicit_forward_argument_asked_for_the_batch_images(
     cfg = load_config(PDSLMethodConfig, None, TINY)
     records = make_scenes(tmp_path / "data", num_images=2, image_size=(80, 120), seed=1)
     boxes = np.array([[0, 0, 120, 80], [10, 10, 50, 40], [60, 20, 110, 70]], np.float32)
-    ds = PDSLDataset(records.records, sorted(records.categories), lambda r: boxes, cfg.augment, lambda x: x.float(),
+    ds = PDSLDataset(records.records, sorted(records.categories), lambda r: boxes, cfg.data, lambda x: x.float(),
                      seed=0)
     model = build_pdsl(cfg.model, len(records.categories), cfg.loss, cfg.seed)
     assert not hasattr(model, "seed_masks")  # no state set on the model from outside

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from wsis.cues.cam import class_activation_maps
-from wsis.cues.prm import PRMConfig, PRMNet, find_peaks, peak_stimulation, prm_loss, prm_optimizer
+from wsis.cues.prm import PRMNet, find_peaks, peak_stimulation, prm_loss, prm_optimizer
 
 
 class _Features(nn.Module):
@@ -107,15 +107,18 @@ def test_loss_is_multilabel_soft_margin():
 
 
 def test_param_groups_and_optimizer_follow_reference():
+    from wsis.methods.prm.config import PRMMethodConfig
+
     model = PRMNet(_Features(), 3)
-    cfg = PRMConfig()
-    opt = prm_optimizer(model, cfg)
+    cfg = PRMMethodConfig()
+    s = cfg.schedule
+    opt = prm_optimizer(model, s.lr, s.backbone_lr_mult, s.momentum, s.weight_decay)
     head, body = opt.param_groups
     assert head["lr"] == pytest.approx(0.01) and body["lr"] == pytest.approx(1e-4)
     assert {id(p) for p in head["params"]} == {id(p) for p in model.classifier.parameters()}
     assert {id(p) for p in body["params"]} == {id(p) for p in model.backbone.parameters()}
     assert head["momentum"] == 0.9 and head["weight_decay"] == 1e-4
-    assert (cfg.image_size, cfg.batch_size, cfg.epochs, cfg.sub_pixel_factor) == (448, 16, 20, 8)
+    assert (cfg.data.image_size, s.batch_size, s.epochs, s.iterations, cfg.model.sub_pixel_factor) == (448, 16, 20, None, 8)
 
 
 def _shapes_batch(rng: np.random.Generator, n: int, size: int = 32):

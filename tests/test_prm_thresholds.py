@@ -1,5 +1,5 @@
 """A run with per-class thresholds calibrated on its training images predicts with them; an explicit
-``classifier.class_threshold=`` at predict time replaces them (and says so) instead of being ignored."""
+``test.class_threshold=`` at predict time replaces them (and says so) instead of being ignored."""
 import time
 
 import torch
@@ -11,8 +11,9 @@ def _run_with_calibrated_thresholds(tmp_path):
     from wsis.methods.prm import PRMMethodConfig, build_model
     from wsis.methods.trained import save_trained
 
-    cfg = PRMMethodConfig(pretrained=False, device="cpu")
-    model = build_model(cfg, 2, pretrained=False)
+    cfg = PRMMethodConfig(device="cpu")
+    cfg.model.pretrained = False
+    model = build_model(cfg.model, 2, pretrained=False)
     meta = {"method": "prm", "config": to_dict(cfg), "category_ids": [1, 2], "categories": {"1": "a", "2": "b"},
             "class_thresholds": [0.25, -1.5]}
     work = tmp_path / "run"
@@ -31,6 +32,6 @@ def test_calibrated_thresholds_are_used(tmp_path):
 def test_an_explicit_class_threshold_replaces_them(tmp_path, capsys):
     from wsis.methods.prm import load
 
-    predictor = load(_run_with_calibrated_thresholds(tmp_path), ["classifier.class_threshold=0.7"])
+    predictor = load(_run_with_calibrated_thresholds(tmp_path), ["test.class_threshold=0.7"])
     assert torch.allclose(predictor.class_thresholds(), torch.tensor([0.7, 0.7]))
     assert "replaces the 2 per-class thresholds" in capsys.readouterr().out

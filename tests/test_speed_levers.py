@@ -126,12 +126,12 @@ def test_prm_class_maps_are_computed_for_the_peaks_classes_only(tmp_path):
     from test_peak_backprop import _random_model
 
     from wsis.cues.peak_backprop import peak_response_maps
-    from wsis.methods.prm import PRMMethodConfig, PRMPredictor
+    from wsis.methods.prm import PRMMethodConfig, PRMPredictor, PRMTestConfig
 
     model = _random_model(3)
     model.backbone.normalize = lambda x: x
-    cfg = PRMMethodConfig(device="cpu", max_peaks_per_class=2)
-    cfg.classifier.class_threshold = -1e9  # every class may have peaks; the selection keeps 2 a class
+    cfg = PRMMethodConfig(device="cpu", test=PRMTestConfig(max_peaks_per_class=2))
+    cfg.test.class_threshold = -1e9  # every class may have peaks; the selection keeps 2 a class
     predictor = PRMPredictor(model, cfg, [10, 20, 30], {10: "a", 20: "b", 30: "c"}, tmp_path)
     x = torch.rand(1, 3, 32, 32)
     classes, prms, maps = predictor.peak_responses(x)

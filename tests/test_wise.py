@@ -29,10 +29,10 @@ def test_methods_registered():
 def test_configs_load(name, cls):
     cfg = load_config(cls, CONFIGS / name)
     gpu = "cpu" not in name
-    assert cfg.detector.backbone == ("resnet50_fpn" if gpu else "lite0_fpn")
+    assert cfg.model.backbone == ("resnet50_fpn" if gpu else "lite0_fpn")
     if gpu:  # WISE 4.2: batch 1, lr 0.00125, 50K iterations, 800 / 1333 px
         s = cfg.schedule
-        assert (s.batch_size, s.lr, s.iterations, cfg.detector.min_size, cfg.detector.max_size) == (
+        assert (s.batch_size, s.lr, s.iterations, cfg.data.min_size, cfg.data.max_size) == (
             1, 0.00125, 50000, 800, 1333)
 
 
@@ -61,12 +61,12 @@ def test_wise_end_to_end_on_tiny_scenes(tmp_path):
     from wsis.methods import get_method, load_trained
 
     records = make_scenes(tmp_path / "data", num_images=3, image_size=(96, 96), seed=2)
-    overrides = ["prm.pretrained=false", "prm.classifier.image_size=64", "prm.classifier.epochs=1", "prm.classifier.batch_size=3",
-                 "detector.pretrained=false", "detector.min_size=96", "detector.max_size=96",
-                 "detector.rpn_pre_nms_top_n_train=200", "detector.rpn_post_nms_top_n_train=100",
-                 "detector.rpn_pre_nms_top_n_test=200", "detector.rpn_post_nms_top_n_test=100",
-                 "detector.box_batch_size_per_image=64", "device=cpu", "schedule.iterations=4",
-                 "schedule.batch_size=2", "schedule.lr=0.002", "refine=true"]
+    overrides = ["prm.model.pretrained=false", "prm.data.image_size=64", "prm.schedule.epochs=1", "prm.schedule.batch_size=3",
+                 "model.pretrained=false", "data.min_size=96", "data.max_size=96",
+                 "model.rpn_pre_nms_top_n_train=200", "model.rpn_post_nms_top_n_train=100",
+                 "test.rpn_pre_nms_top_n_test=200", "test.rpn_post_nms_top_n_test=100",
+                 "model.box_batch_size_per_image=64", "device=cpu", "schedule.iterations=4",
+                 "schedule.batch_size=2", "schedule.lr=0.002", "test.refine=true"]
     predictor = get_method("wise").fit(records, None, overrides, tmp_path / "run")
     run = tmp_path / "run"
     assert (run / "prm" / "method.json").is_file()

@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(resolution_line(args.method, config, args.overrides))
     if args.restart and args.workdir.exists():
         _move_aside(args.workdir)
-    masks_for = [f"masks_for={args.masks_for}"] if args.masks_for else []
+    masks_for = [f"data.masks_for={args.masks_for}"] if args.masks_for else []
     method.fit(records, config=config, overrides=masks_for + list(args.overrides), workdir=args.workdir)
     print(f"trained {args.method}; checkpoint and config in {args.workdir}")
     return 0
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes, one thread each, images split between them (default 1: this process)")
     _add_selection_args(p)
     p.add_argument("overrides", nargs="*",
-                   help="inference settings key=value (e.g. classifier.class_threshold=-1, proposals.settings.max_side=320); "
+                   help="inference settings key=value (e.g. test.class_threshold=-1, proposals.settings.max_side=320); "
                         "training settings are refused")
     p.set_defaults(func=cmd_predict)
     return parser

@@ -9,6 +9,7 @@ the other file fills that section. A config named without a folder that does not
 where it is named is looked up in ``wsis/configs`` too, so ``--config prm_cpu.yaml`` works anywhere."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -123,9 +124,107 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     tree: dict = to_dict(cls())
     if path is not None:
         path = resolve_config(path)
-        _merge(tree, read_yaml_config(path))
+        data = read_yaml_config(path)
+        check_moved_keys(cls, _leaf_keys(data), path)
+        _merge(tree, data)
+    check_moved_keys(cls, override_keys(overrides), "command line")
     _apply(tree, overrides)
     return _build(cls, tree, str(path) if path is not None else "command line")
+
+
+# ---------------------------------------------------------------- keys that moved
+
+def moved_keys(cls: type) -> dict[str, str]:
+    """``old dotted key -> new dotted key`` of a method config whose layout changed (the class's
+    ``MOVED_KEYS``); a moved section moves with everything under it."""
+    return dict(getattr(cls, "MOVED_KEYS", {}) or {})
+
+
+def _is_field_path(cls: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        sub = _dataclass_in(cls)
+        if sub is None:
+            return False
+        hints = typing.get_type_hints(sub)
+        if part not in {f.name for f in dataclasses.fields(sub)}:
+            return False
+        cls = hints[part]
+    return True
+
+
+def _dataclass_in(tp: Any) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _renamed(key: str, moves: dict[str, str]) -> str | None:
+    """The new name of ``key`` under ``moves`` (the longest matching old prefix wins), else None."""
+    for old in sorted(moves, key=len, reverse=True):
+        if key == old or key.startswith(old + "."):
+            return moves[old] + key[len(old):]
+    return None
+
+
+def check_moved_keys(cls: type, keys: list[str], source: str | Path) -> None:
+    """An error naming the new key for any ``keys`` (dotted) that ``cls`` no longer has because it moved."""
+    moves = moved_keys(cls)
+    if not moves:
+        return
+    for key in keys:
+        new = _renamed(key, moves)
+        if new is not None and not _is_field_path(cls, key):
+            raise InputError(source, f"config key '{key}' is now '{new}' (every method's config has the sections "
+                                     "model / data / schedule / proposals / test; see the README)")
+
+
+def migrate_moved_keys(cls: type, config: dict) -> dict:
+    """A saved config (``method.json``, a checkpoint's settings) in an older layout, moved to today's
+    by ``cls``'s ``MOVED_KEYS``; keys already in the new layout are kept as they are."""
+    moves = moved_keys(cls)
+    out = copy.deepcopy(config)
+    for key in _leaf_keys(config):
+        new = _renamed(key, moves)
+        if new is None or _is_field_path(cls, key):
+            continue
+        value = _pop_dotted(out, key)
+        if not _has_dotted(out, new):
+            _set_dotted(out, new, value)
+    return out
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out += _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(prefix + str(k))
+    return out
+
+
+def _pop_dotted(tree: dict, key: str) -> Any:
+    parts = key.split(".")
+    nodes = [tree]
+    for p in parts[:-1]:
+        nodes.append(nodes[-1][p])
+    value = nodes[-1].pop(parts[-1])
+    for node, p in zip(reversed(nodes[:-1]), reversed(parts[:-1])):  # drop sections left empty
+        if node[p] == {}:
+            del node[p]
+    return value
+
+
+def _has_dotted(tree: dict, key: str) -> bool:
+    node: Any = tree
+    for p in key.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return False
+        node = node[p]
+    return True
 
 
 def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -152,6 +251,7 @@ def with_overrides(cfg: T, overrides: list[str] | tuple[str, ...], source: str =
     """``cfg`` (a config dataclass) with ``key=value`` overrides applied, checked like any config."""
     if not overrides:
         return cfg
+    check_moved_keys(type(cfg), override_keys(overrides), source)
     tree = to_dict(cfg)
     _apply(tree, overrides)
     return _build(type(cfg), tree, source)

@@ -22,7 +22,7 @@ reference's random-start layer with plain weight decay.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsis.cues.prm import PeakFilter, peak_stimulation, prm_loss
+from wsis.engine.schedule import lr_factor
 
 
 @dataclass
@@ -40,6 +41,12 @@ class HeadConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4  # toward 0, or toward the prior when one is given
     seed: int = 0
+    # the schedule's other settings (wsis.engine.schedule.ScheduleConfig): a length in iterations
+    # instead of epochs (the last epoch cut short), linear warm-up, x0.1 steps, gradient-norm clipping
+    iterations: int | None = None
+    warmup_iterations: int = 0
+    lr_steps: list[int] = field(default_factory=list)
+    grad_clip: float | None = None
 
 
 def class_scores(layer: nn.Conv2d, features: torch.Tensor, sub_pixel_factor: int = 8, win_size: int = 3,
@@ -69,11 +76,17 @@ def train_class_layer(features: torch.Tensor, targets: torch.Tensor, num_classes
     rng = np.random.default_rng(cfg.seed)
     targets = targets.float()
     losses: list[float] = []
-    for _ in range(cfg.epochs):
+    steps_per_epoch = -(-len(features) // cfg.batch_size)
+    total_steps = cfg.iterations if cfg.iterations is not None else cfg.epochs * steps_per_epoch
+    step = 0
+    while step < total_steps and len(features):
         order = rng.permutation(len(features))
+        order = order[:(total_steps - step) * cfg.batch_size]  # the last epoch cut short
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
             idx = torch.from_numpy(order[start:start + cfg.batch_size])
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_iterations, cfg.lr_steps)
             loss = prm_loss(class_scores(layer, features[idx], sub_pixel_factor, win_size, peak_filter),
                             targets[idx])
             opt.zero_grad()
@@ -85,7 +98,10 @@ def train_class_layer(features: torch.Tensor, targets: torch.Tensor, num_classes
                 else:
                     layer.weight.grad += cfg.weight_decay * (layer.weight - anchor_w)
                     layer.bias.grad += cfg.weight_decay * (layer.bias - anchor_b)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(layer.parameters(), cfg.grad_clip)
             opt.step()
+            step += 1
             total += float(loss.detach()) * len(idx)
         losses.append(total / len(order))
     return layer, losses

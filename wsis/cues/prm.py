@@ -19,7 +19,6 @@ Peak stimulation, as the reference code does it:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,27 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 PeakFilter = Literal["median", "mean", "max", "none"]
-
-
-@dataclass
-class PRMConfig:
-    """Defaults are the reference implementation's values (``demo/config.yml`` and
-    ``PeakResponseMapping.forward``); its backbone was ResNet-50 with ImageNet normalisation."""
-
-    image_size: int = 448
-    batch_size: int = 16
-    lr: float = 0.01  # class-response head
-    backbone_lr_mult: float = 0.01  # backbone lr = lr * 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    epochs: int = 20
-    hflip: bool = True  # random horizontal flips, probability 0.5 (the reference's horizontal_flip: 0.5)
-    sub_pixel_factor: int = 8
-    win_size: int = 3
-    peak_filter: PeakFilter = "median"
-    # Inference: a peak gets a PRM only if its class score (a logit) is >= class_threshold (and its
-    # CRM value is above the method's ``peak_threshold``, :mod:`wsis.cues.peaks`).
-    class_threshold: float = 0.0
 
 
 def filter_values(crm: torch.Tensor, kind: PeakFilter) -> torch.Tensor | None:
@@ -184,8 +162,10 @@ class PRMNet(nn.Module):
         ]
 
 
-def prm_optimizer(model: PRMNet, cfg: PRMConfig) -> torch.optim.SGD:
-    """SGD with the reference's momentum, weight decay and per-group learning rates."""
-    return torch.optim.SGD(model.param_groups(cfg.lr, cfg.backbone_lr_mult), lr=cfg.lr,
-                           momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def prm_optimizer(model: PRMNet, lr: float, backbone_lr_mult: float, momentum: float,
+                  weight_decay: float) -> torch.optim.SGD:
+    """SGD with per-group learning rates: the class layer at ``lr``, the backbone at ``lr * backbone_lr_mult``
+    (the reference: 0.01 and 0.01x, momentum 0.9, weight decay 1e-4)."""
+    return torch.optim.SGD(model.param_groups(lr, backbone_lr_mult), lr=lr, momentum=momentum,
+                           weight_decay=weight_decay)
 

@@ -50,19 +50,14 @@ LITE0_STAGES = (1, 2, 3, 4)  # timm feature indices at strides 4, 8, 16, 32
 
 @dataclass
 class DetectorConfig:
+    """The network (a method config's ``model`` section)."""
+
     backbone: DetectorBackbone = "lite0_fpn"
     # True: ImageNet weights (packaged for lite0, hub cache for ResNet-50); a path: that file; False: random.
     pretrained: bool | str = True
-    min_size: int = 800
-    max_size: int = 1333
-    score_threshold: float = 0.05
-    mask_threshold: float = 0.5
-    detections_per_image: int = 100
     # torchvision's defaults (Detectron's); small values make tiny test models fast.
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512
     # One anchor size per FPN level (P2..P6), aspect ratios 0.5/1/2. torchvision's (32..512) suit
     # images resized to 800 px; at a 320 px shorter side objects are 2.5x smaller and with these
@@ -77,12 +72,28 @@ class DetectorConfig:
 
 
 @dataclass
-class AugmentConfig:
+class DetectorDataConfig:
+    """What the detector is fed (``data``): the resize rule, in training and at test time, and the
+    training augmentation."""
+
+    min_size: int = 800
+    max_size: int = 1333
     hflip: bool = True
     # Colour jitter factors are drawn uniformly from [1 - x, 1 + x] (torchvision ColorJitter's rule).
     brightness: float = 0.4
     contrast: float = 0.4
     saturation: float = 0.4
+
+
+@dataclass
+class DetectorTestConfig:
+    """Read only at inference (``test``)."""
+
+    score_threshold: float = 0.05
+    mask_threshold: float = 0.5
+    detections_per_image: int = 100
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
 
 
 class LabelMap:
@@ -169,25 +180,29 @@ BUILDERS: dict[str, Callable[[bool | str], tuple[nn.Module, tuple, tuple]]] = {
 }
 
 
-def build_maskrcnn(cfg: DetectorConfig, num_classes: int, pretrained: bool | str | None = None) -> MaskRCNN:
-    """Mask R-CNN for ``num_classes`` object classes (plus background). ``pretrained`` overrides
+def build_maskrcnn(cfg: DetectorConfig, num_classes: int, pretrained: bool | str | None = None, *,
+                  data: DetectorDataConfig | None = None, test: DetectorTestConfig | None = None) -> MaskRCNN:
+    """Mask R-CNN for ``num_classes`` object classes (plus background), resizing by ``data`` and
+    post-processing by ``test`` (torchvision builds both into the model). ``pretrained`` overrides
     ``cfg.pretrained`` (a saved model is rebuilt without reading ImageNet weights)."""
+    data = data if data is not None else DetectorDataConfig()
+    test = test if test is not None else DetectorTestConfig()
     if cfg.backbone not in BUILDERS:
         raise InputError("config", f"unknown detector backbone {cfg.backbone!r}; choose one of {', '.join(BUILDERS)}")
     backbone, mean, std = BUILDERS[cfg.backbone](cfg.pretrained if pretrained is None else pretrained)
     if len(cfg.anchor_sizes) != 5:
-        raise InputError("config", f"detector.anchor_sizes needs one size per FPN level (5), got {cfg.anchor_sizes}")
+        raise InputError("config", f"model.anchor_sizes needs one size per FPN level (5), got {cfg.anchor_sizes}")
     if not cfg.train_body:
         freeze_without_graph(backbone.body)
     anchors = AnchorGenerator(tuple((int(s),) for s in cfg.anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
-    model = MaskRCNN(backbone, num_classes=num_classes + 1, min_size=cfg.min_size, max_size=cfg.max_size,
+    model = MaskRCNN(backbone, num_classes=num_classes + 1, min_size=data.min_size, max_size=data.max_size,
                     rpn_anchor_generator=anchors,
-                    image_mean=list(mean), image_std=list(std), box_score_thresh=cfg.score_threshold,
-                    box_detections_per_img=cfg.detections_per_image,
+                    image_mean=list(mean), image_std=list(std), box_score_thresh=test.score_threshold,
+                    box_detections_per_img=test.detections_per_image,
                     rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
                     rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-                    rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
-                    rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+                    rpn_pre_nms_top_n_test=test.rpn_pre_nms_top_n_test,
+                    rpn_post_nms_top_n_test=test.rpn_post_nms_top_n_test,
                     box_batch_size_per_image=cfg.box_batch_size_per_image)
     if cfg.predictor_init == "detectron":
         init_predictors_detectron(model)
@@ -223,7 +238,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
 
 
-def jitter_colour(x: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
+def jitter_colour(x: torch.Tensor, rng: np.random.Generator, cfg: DetectorDataConfig) -> torch.Tensor:
     """Brightness, contrast and saturation scaled by factors drawn from ``rng``, in random order."""
     ops = [(TF.adjust_brightness, cfg.brightness), (TF.adjust_contrast, cfg.contrast),
            (TF.adjust_saturation, cfg.saturation)]
@@ -259,7 +274,7 @@ class InstanceDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[ImageRecord], instances_fn: InstancesFn, labels: LabelMap,
-                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
+                 augment: DetectorDataConfig | None = None, seed: int = 0) -> None:
         self.records = list(records)
         self.instances_fn, self.labels = instances_fn, labels
         self.augment, self.seed = augment, seed

@@ -324,6 +324,13 @@ def check_same_settings(path: Any, saved: Mapping[str, Any] | None, current: Map
     if saved is None:
         return
     changed = changed_settings(saved, current)
+    saved_cfg, current_cfg = saved.get("config"), current.get("config")
+    if changed and isinstance(saved_cfg, Mapping) and isinstance(current_cfg, Mapping) \
+            and set(saved_cfg) != set(current_cfg):
+        # another set of sections: a run of an earlier config layout (issue 16), not a changed value
+        raise InputError(path, "this run was started with an earlier config layout (sections "
+                               f"{', '.join(sorted(map(str, saved_cfg)))}), which this version does not resume; "
+                               "finish it with the version that started it, or start over (wsis train --restart)")
     if changed:
         shown = "; ".join(changed[:6]) + ("; ..." if len(changed) > 6 else "")
         raise InputError(path, f"this run was started with other settings ({shown}); resume with "

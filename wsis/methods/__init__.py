@@ -59,10 +59,11 @@ def load_trained(workdir: str | Path, overrides: Sequence[str] = ()):
         raise InputError(Path(workdir) / "method.json", f"unknown method '{name}' (available: {', '.join(sorted(METHODS))})")
     module = get_method(name)
     if overrides:
-        from wsis.config import override_keys
+        from wsis.config import check_moved_keys, override_keys
         from wsis.methods.base import REGISTRY
 
         allowed = REGISTRY[name].inference_keys
+        check_moved_keys(getattr(REGISTRY[name], "config_class", object), override_keys(list(overrides)), "command line")
         for key in override_keys(list(overrides)):
             if not any(key == k or key.startswith(k + ".") for k in allowed):
                 raise InputError("command line", f"'{key}' is not an inference setting of {name}; predict takes "

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from wsis.config import from_dict, with_overrides
+from wsis.config import from_dict, with_overrides, migrate_moved_keys
 from wsis.data.images import atomic_write
 from wsis.engine.checkpoint import load_checkpoint, save_checkpoint
 from wsis.engine.distributed import is_main
@@ -54,7 +54,8 @@ def read_trained(workdir: str | Path, config_cls: type[C],
     source = str(Path(workdir) / META_FILE)
     if not isinstance(config, dict):
         raise InputError(source, "malformed method file (no 'config' mapping)")
-    cfg = from_dict(config_cls, migrate(config) if migrate else config, source)
+    config = migrate_moved_keys(config_cls, migrate(config) if migrate else config)
+    cfg = from_dict(config_cls, config, source)
     return meta, with_overrides(cfg, list(overrides))
 
 

@@ -26,8 +26,8 @@ Training (:func:`fit`), stage-wise as in the paper, each stage resumable from it
 ``<workdir>/<stage>/last.pt`` through the shared :class:`~wsis.engine.Trainer`:
 
 1. ``detector/``: the detector on the boxes of all images (``detector.weights`` reuses a finished one);
-2. ``semantic/`` and ``instance/`` (``tasks``): one segmentation network each, on the mask images
-   only (``masks_for``), the detector frozen, ground-truth class-specific boxes feeding Eq. 1.
+2. ``semantic/`` and ``instance/`` (``model.tasks``): one segmentation network each, on the mask images
+   only (``data.masks_for``), the detector frozen, ground-truth class-specific boxes feeding Eq. 1.
 
 A finished stage leaves ``<stage>/model.pt`` and is not trained again; the run ends with
 ``model.pt`` + ``method.json`` (:mod:`wsis.methods.trained`).
@@ -50,7 +50,7 @@ from wsis import masks as mask_ops
 from wsis.config import load_config, to_dict
 from wsis.data.images import load_image
 from wsis.engine import Trainer, pick_device
-from wsis.engine.schedule import ScheduleConfig, lr_factor
+from wsis.engine.schedule import ScheduleConfig, schedule_hooks, schedule_length, total_iterations
 from wsis.engine.checkpoint import save_checkpoint
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
@@ -69,19 +69,17 @@ MIN_STEPS_PER_EPOCH = 25   # small mask sets are repeated within an epoch (data.
 
 def _check(cfg: DASNetConfig, source: str) -> None:
     problems = []
-    if not cfg.tasks or any(t not in TASKS for t in cfg.tasks):
-        problems.append(f"tasks must be a non-empty subset of {list(TASKS)}, got {cfg.tasks}")
-    seg = cfg.segmentation
+    if not cfg.model.tasks or any(t not in TASKS for t in cfg.model.tasks):
+        problems.append(f"model.tasks must be a non-empty subset of {list(TASKS)}, got {cfg.model.tasks}")
+    seg = cfg.model.segmentation
     if seg.k < 1 or seg.roi_size % seg.k:
-        problems.append(f"segmentation.roi_size ({seg.roi_size}) must be a multiple of segmentation.k ({seg.k})")
+        problems.append(f"model.segmentation.roi_size ({seg.roi_size}) must be a multiple of model.segmentation.k ({seg.k})")
     if seg.positives < 0 or seg.negatives < 0:
-        problems.append("segmentation.positives and negatives must be >= 0")
-    if cfg.augment.size < 32 or not 0 < cfg.augment.min_crop <= 1 or cfg.augment.max_expand < 1:
-        problems.append("augment.size >= 32, 0 < augment.min_crop <= 1 and augment.max_expand >= 1 are required")
-    for name in ("detection", *cfg.tasks):
-        sched: ScheduleConfig = getattr(cfg.schedule, name)
-        if sched.iterations < 0 or sched.batch_size < 1:
-            problems.append(f"schedule.{name}: iterations must be >= 0 and batch_size >= 1")
+        problems.append("model.segmentation.positives and negatives must be >= 0")
+    if cfg.data.size < 32 or not 0 < cfg.data.min_crop <= 1 or cfg.data.max_expand < 1:
+        problems.append("data.size >= 32, 0 < data.min_crop <= 1 and data.max_expand >= 1 are required")
+    for name in ("detection", *cfg.model.tasks):
+        schedule_length(getattr(cfg.schedule, name), f"schedule.{name}")
     if problems:
         raise InputError(source, problems[0])
 
@@ -89,35 +87,36 @@ def _check(cfg: DASNetConfig, source: str) -> None:
 def _train_stage(module: torch.nn.Module, params: list[torch.nn.Parameter], dataset, collate, step,
                  sched: ScheduleConfig, cfg: DASNetConfig, stage_dir: Path, meta: dict[str, Any]) -> None:
     steps_per_epoch = math.ceil(len(dataset) / sched.batch_size)
-    epochs = math.ceil(sched.iterations / steps_per_epoch)
+    steps = total_iterations(sched, steps_per_epoch, f"schedule.{stage_dir.name}")
     optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=sched.momentum, weight_decay=sched.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
-    meta.setdefault("stages", {})[stage_dir.name] = {"epochs": epochs, "steps": epochs * steps_per_epoch,
+    meta.setdefault("stages", {})[stage_dir.name] = {"epochs": math.ceil(steps / steps_per_epoch), "steps": steps,
                                                       "samples_per_epoch": len(dataset)}
     # The checkpoint's settings are this stage's only: a resumed run skips finished stages, so the
     # run-wide "stages" table differs then, and the resume check would refuse it.
     settings = {**{k: v for k, v in meta.items() if k != "stages"}, "stage": stage_dir.name,
                 **meta["stages"][stage_dir.name]}
-    Trainer(module, optimizer, step_fn=step, scheduler=scheduler, scheduler_interval="step", workdir=stage_dir,
-            epochs=epochs, device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
-            num_workers=cfg.num_workers, collate_fn=collate, log_every=sched.log_every, grad_clip=sched.grad_clip,
-            checkpoint_every=sched.checkpoint_every, config=settings, find_unused_parameters=True).fit(dataset)
+    # exactly the schedule's iterations: the last epoch is cut short where the count ends inside it
+    Trainer(module, optimizer, step_fn=step, workdir=stage_dir, **schedule_length(sched, f"schedule.{stage_dir.name}"),
+            hooks=schedule_hooks(sched, optimizer), device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size,
+            num_workers=cfg.num_workers, collate_fn=collate, config=settings, find_unused_parameters=True).fit(dataset)
 
 
 def _repeat(n_records: int, sched: ScheduleConfig) -> int:
-    """Copies of the records per epoch so that an epoch has about min(25, iterations) steps."""
+    """Copies of the records per epoch so that an epoch has about min(25, iterations) steps (an
+    epoch schedule keeps its epochs: one copy)."""
+    if sched.iterations is None:
+        return 1
     steps = min(MIN_STEPS_PER_EPOCH, max(sched.iterations, 1))
     return max(1, (steps * sched.batch_size) // max(n_records, 1))
 
 
 def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
         workdir: str | Path = "runs/dasnet") -> "DASNetPredictor":
-    """Train DASNet on the boxes of all records and the masks of ``masks_for``; resumes from ``workdir``."""
+    """Train DASNet on the boxes of all records and the masks of ``data.masks_for``; resumes from ``workdir``."""
     cfg = load_config(DASNetConfig, config, list(overrides))
     _check(cfg, str(config) if config else "command line")
     workdir = Path(workdir)
-    box_records, mask_records = split_supervision(records, cfg.masks_for)
+    box_records, mask_records = split_supervision(records, cfg.data.masks_for)
     category_ids = sorted(records.categories)
     label_of = {c: i + 1 for i, c in enumerate(category_ids)}
     torch.manual_seed(cfg.seed)
@@ -130,33 +129,33 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 
     # Stage 1: the detector on every image's boxes.
     det_dir = workdir / "detector"
-    if cfg.detector.weights:
-        load_weights(model.detector, Path(cfg.detector.weights))
-        meta["detector_from"] = str(cfg.detector.weights)
+    if cfg.model.detector.weights:
+        load_weights(model.detector, Path(cfg.model.detector.weights))
+        meta["detector_from"] = str(cfg.model.detector.weights)
     elif (det_dir / STAGE_MODEL).is_file():
         load_weights(model.detector, det_dir / STAGE_MODEL)
     else:
         sched = cfg.schedule.detection
-        data = DetectionDataset(box_records, label_of, cfg.augment, cfg.seed,
+        data = DetectionDataset(box_records, label_of, cfg.data, cfg.seed,
                                 repeat=_repeat(len(box_records), sched))
         _train_stage(model.detector, [p for p in model.detector.parameters() if p.requires_grad], data,
                      collate_detection, detector_step, sched, cfg, det_dir, meta)
         save_checkpoint(det_dir / STAGE_MODEL, {"model": model.detector.state_dict()})
 
     # Stage 2: the segmentation networks on the mask images, detector frozen (3.5).
-    for task in cfg.tasks:
+    for task in cfg.model.tasks:
         stage_dir = workdir / task
         segmenter = model.segmenters[task]
         if (stage_dir / STAGE_MODEL).is_file():
             load_weights(segmenter, stage_dir / STAGE_MODEL)
             continue
         sched = getattr(cfg.schedule, task)
-        stage = SegmentationStage(model.detector, segmenter, cfg.segmentation.k, cfg.segmentation.roi_size,
-                                  cfg.segmentation.finetune_detector)
+        stage = SegmentationStage(model.detector, segmenter, cfg.model.segmentation.k, cfg.model.segmentation.roi_size,
+                                  cfg.model.segmentation.finetune_detector)
         params = list(segmenter.parameters())
-        if cfg.segmentation.finetune_detector:
+        if cfg.model.segmentation.finetune_detector:
             params += [p for p in model.detector.parameters() if p.requires_grad]
-        data = SegmentationDataset(mask_records, label_of, cfg.augment, cfg.segmentation, cfg.seed,
+        data = SegmentationDataset(mask_records, label_of, cfg.data, cfg.model.segmentation, cfg.seed,
                                    repeat=_repeat(len(mask_records), sched))
         _train_stage(stage, params, data, collate_segmentation, segmentation_step, sched, cfg, stage_dir, meta)
         save_checkpoint(stage_dir / STAGE_MODEL, {"model": segmenter.state_dict()})
@@ -202,7 +201,7 @@ class DASNetPredictor(Predictor):
         self.masks = cfg.test.masks
 
     def _detect(self, image: np.ndarray, given: Instances | None = None):
-        x, sx, sy = network_input(image, self.cfg.augment.size)
+        x, sx, sy = network_input(image, self.cfg.data.size)
         x = x.to(self.device)
         with torch.no_grad():
             det = detect(self.model, x, sx, sy, self.cfg.test) if given is None else self._as_detections(given, sx, sy)
@@ -231,7 +230,7 @@ class DASNetPredictor(Predictor):
             masks = box_masks(det.boxes, h, w)
         else:
             if "instance" not in self.model.segmenters:
-                raise InputError("config", "this model has no instance segmentation network (tasks)")
+                raise InputError("config", "this model has no instance segmentation network (model.tasks)")
             probs = instance_probs(self.model, features, det.boxes_net, self.cfg.test).cpu().numpy()
             masks = np.stack([paste(p, b, h, w, self.cfg.test.mask_threshold) for p, b in zip(probs, det.boxes)]) \
                 if len(probs) else np.zeros((0, h, w), bool)
@@ -247,7 +246,7 @@ class DASNetPredictor(Predictor):
     def predict_semantic(self, record: ImageRecord, image: np.ndarray | None = None) -> np.ndarray:
         """(H, W) category ids, 0 for background."""
         if "semantic" not in self.model.segmenters:
-            raise InputError("config", "this model has no semantic segmentation network (tasks)")
+            raise InputError("config", "this model has no semantic segmentation network (model.tasks)")
         image = load_image(record.path) if image is None else image
         det, features = self._detect(image)
         h, w = image.shape[:2]

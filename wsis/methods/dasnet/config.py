@@ -23,9 +23,6 @@ class DASNetDetectorConfig:
     frozen_body: bool = False
     # Channels of the extra stride-2 SSD levels after Lite0's stride 8/16/32 stages (SSD300's conv8-11).
     extra_channels: list[int] = field(default_factory=lambda: [256, 128, 128])
-    score_threshold: float = 0.01    # SSD's test-time candidate threshold (the paper's detector is [21]'s)
-    nms_threshold: float = 0.45
-    detections_per_image: int = 200
     # A finished detector stage (``<workdir>/detector/model.pt`` of another DASNet run) to reuse instead
     # of training stage 1 again: the detector only depends on boxes, the same for every mask budget.
     weights: str | None = None
@@ -48,7 +45,10 @@ class DASNetSegmentationConfig:
 
 
 @dataclass
-class DASNetAugmentConfig:
+class DASNetDataConfig:
+    # Which training images keep their masks: "all", a number N (the first N by ascending image id,
+    # BENCHMARK.md), or a text file with one image id or file name per line. The rest keep boxes only.
+    masks_for: str = "all"
     size: int = 320                  # square network input (4.1)
     expand_prob: float = 0.5         # SSD's zoom-out: the image on a mean-filled canvas up to max_expand x
     max_expand: float = 4.0
@@ -65,6 +65,10 @@ class DASNetAugmentConfig:
 
 @dataclass
 class DASNetTestConfig:
+    # The detector's own post-processing (SSD's, [21]): candidates above this score, NMS, at most this many
+    candidate_score_threshold: float = 0.01
+    candidate_nms_threshold: float = 0.45
+    candidates_per_image: int = 200
     score_threshold: float = 0.3     # detections kept for segmentation
     detections_per_image: int = 20
     mask_threshold: float = 0.5
@@ -89,16 +93,26 @@ class DASNetSchedules:
 
 
 @dataclass
+class DASNetModelConfig:
+    tasks: list[str] = field(default_factory=lambda: ["semantic", "instance"])
+    detector: DASNetDetectorConfig = field(default_factory=DASNetDetectorConfig)
+    segmentation: DASNetSegmentationConfig = field(default_factory=DASNetSegmentationConfig)
+
+
+@dataclass
 class DASNetConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
-    # Which training images keep their masks: "all", a number N (the first N by ascending image id,
-    # BENCHMARK.md), or a text file with one image id or file name per line. The rest keep boxes only.
-    masks_for: str = "all"
-    tasks: list[str] = field(default_factory=lambda: ["semantic", "instance"])
-    detector: DASNetDetectorConfig = field(default_factory=DASNetDetectorConfig)
-    segmentation: DASNetSegmentationConfig = field(default_factory=DASNetSegmentationConfig)
-    augment: DASNetAugmentConfig = field(default_factory=DASNetAugmentConfig)
+    model: DASNetModelConfig = field(default_factory=DASNetModelConfig)
+    data: DASNetDataConfig = field(default_factory=DASNetDataConfig)
     schedule: DASNetSchedules = field(default_factory=DASNetSchedules)
     test: DASNetTestConfig = field(default_factory=DASNetTestConfig)
+
+
+DASNetConfig.MOVED_KEYS = {  # type: ignore[attr-defined]  # the layout before the skeleton (wsis.config)
+    "detector.score_threshold": "test.candidate_score_threshold",
+    "detector.nms_threshold": "test.candidate_nms_threshold",
+    "detector.detections_per_image": "test.candidates_per_image",
+    "detector": "model.detector", "segmentation": "model.segmentation", "tasks": "model.tasks",
+    "augment": "data", "masks_for": "data.masks_for"}

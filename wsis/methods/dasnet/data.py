@@ -9,7 +9,7 @@ image's masks are never materialised). Every random draw is a function of (seed,
 resumed runs see the same samples.
 
 Who has masks (:func:`split_supervision`): every training image keeps its boxes; the images named
-by ``masks_for`` keep their masks too, every other image's masks are dropped before training starts.
+by ``data.masks_for`` keep their masks too, every other image's masks are dropped before training starts.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from torch.utils.data import Dataset
 
 from wsis import masks as mask_ops
 from wsis.data.images import load_image
-from wsis.detectors.maskrcnn import AugmentConfig as ColourConfig, jitter_colour
+from wsis.detectors.maskrcnn import DetectorDataConfig as ColourConfig, jitter_colour
 from wsis.errors import InputError
-from wsis.methods.dasnet.config import DASNetAugmentConfig, DASNetSegmentationConfig
+from wsis.methods.dasnet.config import DASNetDataConfig, DASNetSegmentationConfig
 from wsis.methods.dasnet.segmentation import IGNORE, mask_targets, sample_boxes
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -141,7 +141,7 @@ def _iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(box) + area(boxes) - inter, 1e-9)
 
 
-def random_warp(height: int, width: int, boxes: np.ndarray, cfg: DASNetAugmentConfig, rng: np.random.Generator) -> Warp:
+def random_warp(height: int, width: int, boxes: np.ndarray, cfg: DASNetDataConfig, rng: np.random.Generator) -> Warp:
     """SSD's expand + crop + flip as one :class:`Warp` (the crop keeps a box's centre when possible)."""
     # Expand: the image placed at (ox, oy) on a canvas r times its size.
     r = rng.uniform(1.0, cfg.max_expand) if cfg.max_expand > 1 and rng.random() < cfg.expand_prob else 1.0
@@ -186,7 +186,7 @@ def warp_masks(masks: np.ndarray, warp: Warp) -> np.ndarray:
     return out
 
 
-def photometric(x: torch.Tensor, cfg: DASNetAugmentConfig, rng: np.random.Generator) -> torch.Tensor:
+def photometric(x: torch.Tensor, cfg: DASNetDataConfig, rng: np.random.Generator) -> torch.Tensor:
     """SSD-style colour distortion plus additive Gaussian noise on a (3, S, S) [0, 1] image."""
     x = jitter_colour(x, rng, ColourConfig(hflip=False, brightness=cfg.brightness, contrast=cfg.contrast,
                                            saturation=cfg.saturation))
@@ -208,7 +208,7 @@ class _Augmented(Dataset):
     """``repeat`` lists every record that many times per epoch (each copy augmented differently): a
     handful of mask images would otherwise make one-step epochs, each ending with a checkpoint."""
 
-    def __init__(self, records: Sequence[ImageRecord], label_of: dict[int, int], cfg: DASNetAugmentConfig,
+    def __init__(self, records: Sequence[ImageRecord], label_of: dict[int, int], cfg: DASNetDataConfig,
                  seed: int, augment: bool = True, repeat: int = 1) -> None:
         self.records, self.label_of, self.cfg, self.seed, self.augment = list(records), label_of, cfg, seed, augment
         self.repeat = max(1, int(repeat))
@@ -262,7 +262,7 @@ class SegmentationDataset(_Augmented):
     a random non-empty subset of its instances' boxes (all of them when ``random_boxes`` is off), the
     semantic target within those boxes and p/n sampled boxes per attended instance."""
 
-    def __init__(self, records: Sequence[ImageRecord], label_of: dict[int, int], cfg: DASNetAugmentConfig,
+    def __init__(self, records: Sequence[ImageRecord], label_of: dict[int, int], cfg: DASNetDataConfig,
                  seg: DASNetSegmentationConfig, seed: int, augment: bool = True, repeat: int = 1) -> None:
         super().__init__(records, label_of, cfg, seed, augment, repeat)
         self.seg = seg

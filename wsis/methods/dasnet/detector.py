@@ -20,7 +20,7 @@ from torch import nn
 
 from wsis.backbones import LITE_MEAN, LITE_STD, create_imagenet_classifier
 from wsis.errors import InputError
-from wsis.methods.dasnet.config import DASNetDetectorConfig
+from wsis.methods.dasnet.config import DASNetDetectorConfig, DASNetTestConfig
 
 LITE0_SSD_STAGES = (2, 3, 4)   # timm feature indices at strides 8, 16, 32
 LITE0_SSD_CHANNELS = (40, 112, 320)
@@ -78,16 +78,19 @@ class _Lite0Pyramid(nn.Module):
 class Detector(nn.Module):
     """A torchvision detector plus access to the feature pyramid it detects on."""
 
-    def __init__(self, cfg: DASNetDetectorConfig, num_classes: int, size: int, pretrained: bool | str | None = None) -> None:
+    def __init__(self, cfg: DASNetDetectorConfig, num_classes: int, size: int, pretrained: bool | str | None = None,
+                 post: DASNetTestConfig | None = None) -> None:
         super().__init__()
         pretrained = cfg.pretrained if pretrained is None else pretrained
+        post = post if post is not None else DASNetTestConfig()  # the detector's own test-time candidates
         self.kind, self.size = cfg.kind, size
         if cfg.kind == "ssd":
-            self.model, self.mean, self.std, self.channels = _build_ssd(cfg, num_classes, size, pretrained)
+            self.model, self.mean, self.std, self.channels = _build_ssd(cfg, num_classes, size, pretrained, post)
         elif cfg.kind == "faster_rcnn":
-            self.model, self.mean, self.std, self.channels = _build_faster_rcnn(cfg, num_classes, size, pretrained)
+            self.model, self.mean, self.std, self.channels = _build_faster_rcnn(cfg, num_classes, size, pretrained,
+                                                                                post)
         else:
-            raise InputError("config", f"detector.kind must be ssd or faster_rcnn, got {cfg.kind!r}")
+            raise InputError("config", f"model.detector.kind must be ssd or faster_rcnn, got {cfg.kind!r}")
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
 
@@ -109,7 +112,8 @@ class Detector(nn.Module):
         return out
 
 
-def _build_ssd(cfg: DASNetDetectorConfig, num_classes: int, size: int, pretrained: bool | str):
+def _build_ssd(cfg: DASNetDetectorConfig, num_classes: int, size: int, pretrained: bool | str,
+               post: DASNetTestConfig):
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.ssd import SSD, SSDHead
     from torchvision.models.detection.ssdlite import SSDLiteHead
@@ -130,12 +134,13 @@ def _build_ssd(cfg: DASNetDetectorConfig, num_classes: int, size: int, pretraine
     else:
         head = SSDHead(pyramid.channels, counts, num_classes + 1)
     model = SSD(pyramid, anchors, (size, size), num_classes + 1, image_mean=list(LITE_MEAN), image_std=list(LITE_STD),
-                head=head, score_thresh=cfg.score_threshold, nms_thresh=cfg.nms_threshold,
-                detections_per_img=cfg.detections_per_image)
+                head=head, score_thresh=post.candidate_score_threshold, nms_thresh=post.candidate_nms_threshold,
+                detections_per_img=post.candidates_per_image)
     return model, LITE_MEAN, LITE_STD, pyramid.channels
 
 
-def _build_faster_rcnn(cfg: DASNetDetectorConfig, num_classes: int, size: int, pretrained: bool | str):
+def _build_faster_rcnn(cfg: DASNetDetectorConfig, num_classes: int, size: int, pretrained: bool | str,
+                       post: DASNetTestConfig):
     from torchvision.models.detection import FasterRCNN
 
     from wsis.detectors.maskrcnn import BUILDERS
@@ -144,6 +149,6 @@ def _build_faster_rcnn(cfg: DASNetDetectorConfig, num_classes: int, size: int, p
         raise InputError("config", f"faster_rcnn backbone must be one of {', '.join(BUILDERS)}, got {cfg.backbone!r}")
     backbone, mean, std = BUILDERS[cfg.backbone](pretrained)
     model = FasterRCNN(backbone, num_classes=num_classes + 1, min_size=size, max_size=size, image_mean=list(mean),
-                       image_std=list(std), box_score_thresh=cfg.score_threshold, box_nms_thresh=cfg.nms_threshold,
-                       box_detections_per_img=cfg.detections_per_image)
+                       image_std=list(std), box_score_thresh=post.candidate_score_threshold,
+                       box_nms_thresh=post.candidate_nms_threshold, box_detections_per_img=post.candidates_per_image)
     return model, mean, std, [backbone.out_channels] * 5

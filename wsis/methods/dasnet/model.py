@@ -18,11 +18,11 @@ TASKS = ("semantic", "instance")
 class DASNet(nn.Module):
     def __init__(self, cfg: DASNetConfig, num_classes: int, pretrained: bool | str | None = None) -> None:
         super().__init__()
-        self.detector = Detector(cfg.detector, num_classes, cfg.augment.size, pretrained)
-        seg = cfg.segmentation
+        self.detector = Detector(cfg.model.detector, num_classes, cfg.data.size, pretrained, post=cfg.test)
+        seg = cfg.model.segmentation
         self.segmenters = nn.ModuleDict({
             task: SegmentationNet(self.detector.channels, task, seg.top_layers, seg.top_channels, seg.k)
-            for task in cfg.tasks})
+            for task in cfg.model.tasks})
         self.k, self.roi_size = seg.k, seg.roi_size
 
 

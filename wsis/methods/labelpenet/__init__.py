@@ -62,10 +62,10 @@ from tqdm import tqdm
 from wsis import masks as mask_ops
 from wsis.config import load_config, to_dict
 from wsis.data.images import load_image
-from wsis.engine import Checkpointer, GradClip, HookBase, LRScheduler, MetricsLogger, Trainer, pick_device
+from wsis.engine import HookBase, Trainer, pick_device
 from wsis.engine.checkpoint import save_checkpoint
 from wsis.engine.distributed import is_main
-from wsis.engine.schedule import ScheduleConfig, lr_factor
+from wsis.engine.schedule import ScheduleConfig, schedule_hooks, schedule_length
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
 from wsis.methods.labelpenet.calibration import Candidates
@@ -93,9 +93,7 @@ def _check(cfg: LabelPENetConfig, source: str) -> None:
     if not cfg.data.scales or any(s < 16 for s in cfg.data.scales):
         problems.append(f"data.scales must be a non-empty list of sizes >= 16, got {cfg.data.scales}")
     for name in (*MODULES, "forward_backward"):
-        sched: ScheduleConfig = getattr(cfg.schedule, name)
-        if sched.iterations < 0 or sched.batch_size < 1:
-            problems.append(f"schedule.{name}: iterations must be >= 0 and batch_size >= 1")
+        schedule_length(getattr(cfg.schedule, name), f"schedule.{name}")  # one length, >= 0
     if cfg.test.module not in MODULES:
         problems.append(f"test.module must be one of {list(MODULES)}, got {cfg.test.module!r}")
     if not 0 <= cfg.curriculum.beta < 1:
@@ -109,19 +107,14 @@ def _check(cfg: LabelPENetConfig, source: str) -> None:
 def _train(net: LabelPENet, params: list[torch.nn.Parameter], dataset: LabelPENetDataset, step,
            sched: ScheduleConfig, cfg: LabelPENetConfig, stage_dir: Path, settings: dict[str, Any],
            extra_hooks: Sequence[HookBase] = ()) -> None:
-    """One Trainer run of exactly ``sched.iterations`` steps over ``params``, resumable from
-    ``stage_dir/last.pt``."""
+    """One Trainer run of the schedule (exactly its iterations, or its epochs) over ``params``,
+    resumable from ``stage_dir/last.pt``."""
     optimizer = torch.optim.SGD(params, lr=sched.lr, momentum=sched.momentum, weight_decay=sched.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
-    hooks: list[HookBase] = [*extra_hooks]
-    if sched.grad_clip is not None:
-        hooks.append(GradClip(sched.grad_clip))
-    hooks += [LRScheduler(scheduler, interval="step"), MetricsLogger(sched.log_every),
-              Checkpointer(sched.checkpoint_every)]
-    Trainer(net, optimizer, step_fn=step, workdir=stage_dir, iterations=sched.iterations, hooks=hooks,
+    hooks: list[HookBase] = [*extra_hooks, *schedule_hooks(sched, optimizer)]
+    Trainer(net, optimizer, step_fn=step, workdir=stage_dir, hooks=hooks,
             device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size, num_workers=cfg.num_workers,
-            collate_fn=collate, config=settings, find_unused_parameters=True).fit(dataset)
+            collate_fn=collate, config=settings, find_unused_parameters=True,
+            **schedule_length(sched, f"schedule.{stage_dir.name}")).fit(dataset)
 
 
 def _losses(values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -175,7 +168,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
         else:
             dataset = LabelPENetDataset(records.records, category_ids, cfg.data, cfg.seed, proposals=pairs,
                                         supervision={module: stores[MODULES[k - 1]]} if k else {})
-            settings = {"method": "labelpenet", "stage": module, "config": to_dict(cfg), "steps": sched.iterations}
+            settings = {"method": "labelpenet", "stage": module, "config": to_dict(cfg), **schedule_length(sched)}
 
             def step(n: torch.nn.Module, batch: list[dict], module: str = module) -> tuple[torch.Tensor, dict]:
                 return _losses(n([{**s, "target": s["targets"].get(module)} for s in batch], module))
@@ -183,13 +176,14 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
             _train(net, net.module_parameters(module), dataset, step, sched, cfg, stage_dir, settings)
             if is_main():
                 save_checkpoint(stage_dir / STAGE_MODEL, {"model": getattr(net, module).state_dict()})
-        meta["modules"][module] = {"steps": sched.iterations}
+        meta["modules"][module] = schedule_length(sched)
         if module != MODULES[-1]:
             meta["modules"][module]["labelled_this_run"] = label_records(
                 net, module, records.records, category_ids, stores[module], cfg, proposal_cache)
 
     fb = cfg.schedule.forward_backward
-    if fb.iterations > 0:
+    fb_length = schedule_length(fb, "schedule.forward_backward")
+    if next(iter(fb_length.values())) > 0:
         if cfg.model.train_backbone_curriculum:
             unfreeze_backbone(net)
         supervision = {m: stores[MODULES[i - 1]] for i, m in enumerate(MODULES) if i}
@@ -200,10 +194,10 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
         def fb_step(n: torch.nn.Module, batch: list[dict]) -> tuple[torch.Tensor, dict]:
             return _losses(curriculum_losses(n, batch, phase_of(state["step"]), cfg))
 
-        settings = {"method": "labelpenet", "stage": "forward_backward", "config": to_dict(cfg), "steps": fb.iterations}
+        settings = {"method": "labelpenet", "stage": "forward_backward", "config": to_dict(cfg), **fb_length}
         params = [p for p in net.parameters() if p.requires_grad]
         _train(net, params, dataset, fb_step, fb, cfg, workdir / "forward_backward", settings, [PhaseHook(state)])
-    meta["forward_backward_steps"] = fb.iterations
+    meta["forward_backward"] = fb_length
     save_trained(workdir, net, meta, started)
     return LabelPENetPredictor(net, cfg, category_ids, records.categories, workdir)
 

@@ -4,7 +4,7 @@ detector, augmentation and schedule WISE uses (BENCHMARK.md: "same backbone and 
 Where the parts are: the network, its augmentation and inference: :mod:`wsis.detectors.maskrcnn`;
 the training loop and the iteration schedule (what runs when ``iterations`` is not a whole number
 of epochs): :mod:`wsis.detectors.training`, :mod:`wsis.engine.schedule`; WISE's test-time
-refinement (``refine``): :mod:`wsis.detectors.refine`.
+refinement (``test.refine``): :mod:`wsis.detectors.refine`.
 
 This module also holds what WISE shares with it: :func:`fit_detector`, :class:`DetectorPredictor`
 and :func:`load_detector`.
@@ -21,8 +21,8 @@ import torch
 
 from wsis.config import load_config, to_dict
 from wsis.data.images import load_image
-from wsis.detectors.maskrcnn import (AugmentConfig, DetectorConfig, InstancesFn, LabelMap, build_maskrcnn,
-                                     ground_truth_instances, predict_instances)
+from wsis.detectors.maskrcnn import (DetectorConfig, DetectorDataConfig, DetectorTestConfig, InstancesFn, LabelMap,
+                                     build_maskrcnn, ground_truth_instances, predict_instances)
 from wsis.detectors.refine import refine_with_proposals
 from wsis.detectors.training import train_detector
 from wsis.engine.schedule import ScheduleConfig
@@ -33,16 +33,29 @@ from wsis.structures import ImageRecord, Instances, RecordSet
 
 
 @dataclass
+class MaskRCNNTestConfig(DetectorTestConfig):
+    # Test-time refinement (WISE Fig. 3): swap each predicted mask for the proposal of highest IoU.
+    refine: bool = False
+
+
+@dataclass
 class MaskRCNNMethodConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
-    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    model: DetectorConfig = field(default_factory=DetectorConfig)
+    data: DetectorDataConfig = field(default_factory=DetectorDataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Test-time refinement (WISE Fig. 3): swap each predicted mask for the proposal of highest IoU.
-    refine: bool = False
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    test: MaskRCNNTestConfig = field(default_factory=MaskRCNNTestConfig)
+
+
+# The layout before the skeleton (issue 16): see wsis.config.check_moved_keys.
+MaskRCNNMethodConfig.MOVED_KEYS = {  # type: ignore[attr-defined]
+    "detector.min_size": "data.min_size", "detector.max_size": "data.max_size",
+    **{f"detector.{k}": f"test.{k}" for k in ("score_threshold", "mask_threshold", "detections_per_image",
+                                               "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")},
+    "detector": "model", "augment": "data", "refine": "test.refine"}
 
 
 def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
@@ -78,29 +91,27 @@ def load_detector(workdir: str | Path, cfg_cls: type, predictor: type["DetectorP
     workdir = Path(workdir)
     meta, cfg = read_trained(workdir, cfg_cls, migrate, overrides)
     labels = LabelMap(meta["category_ids"])
-    model = build_maskrcnn(cfg.detector, len(labels), pretrained=False)
+    model = build_maskrcnn(cfg.model, len(labels), pretrained=False, data=cfg.data, test=cfg.test)
     load_weights(model, workdir / MODEL_FILE)
     categories = {int(k): v for k, v in meta["categories"].items()}
     return predictor(model, cfg, labels, categories, workdir)
 
 
 class DetectorPredictor(Predictor):
-    """A trained Mask R-CNN; ``refine`` (from the config, settable) switches test-time refinement."""
+    """A trained Mask R-CNN; ``refine`` (``test.refine``, settable) switches test-time refinement."""
 
-    inference_keys = ("device", "proposals", "refine", "detector.score_threshold", "detector.mask_threshold",
-                      "detector.detections_per_image", "detector.rpn_pre_nms_top_n_test",
-                      "detector.rpn_post_nms_top_n_test")
+    inference_keys = ("device", "proposals", "test")
 
     def __init__(self, model: torch.nn.Module, cfg: MaskRCNNMethodConfig, labels: LabelMap,
                  categories: dict[int, str], workdir: Path) -> None:
         super().__init__(cfg, labels.category_ids, categories, workdir)
         self.model = model.to(self.device).eval()
         self.labels = labels
-        self.refine = cfg.refine
+        self.refine = cfg.test.refine
 
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
         image = load_image(record.path) if image is None else image
-        found = predict_instances(self.model, image, self.labels, self.device, self.cfg.detector.mask_threshold)
+        found = predict_instances(self.model, image, self.labels, self.device, self.cfg.test.mask_threshold)
         if self.refine and len(found):
             found = refine_with_proposals(found, self.proposals(record))
         return found

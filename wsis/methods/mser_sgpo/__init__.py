@@ -13,8 +13,8 @@ Training (Algorithm 1, multi-stage erasing refinement), for t = 1..T:
    and finished masks are not recomputed when a killed run is started again.
 
 Inference (EPRM + SGPO), per image:
-1. each of the T networks gives its peaks (class score >= ``classifier.class_threshold``, at most
-   ``max_peaks_per_class`` per class) and their PRMs. With batched peak backprop (``peak_backprop:
+1. each of the T networks gives its peaks (class score >= ``test.class_threshold``, at most
+   ``test.max_peaks_per_class`` per class) and their PRMs. With batched peak backprop (``test.peak_backprop:
    batched``, or ``auto`` on CUDA) the T networks' weights are stacked and vmapped, so one forward
    pass serves all of them and each backward pass carries a peak of every network
    (:func:`~wsis.cues.peak_backprop.stacked_peak_response_maps`); with ``loop`` (``auto`` on a CPU,
@@ -22,18 +22,18 @@ Inference (EPRM + SGPO), per image:
    after the other. Same maps either way;
 2. fusion into the enhanced PRM (the paper does not say how; Section 3.3 says that the regions of
    the stages "will be separately assigned a proposal" and that NMS "will combine these highly
-   overlapped proposals"): ``fusion="union"`` (default) keeps every peak of every stage as an
-   instance representation and lets the merging NMS combine the parts; ``fusion="match"`` adds the
+   overlapped proposals"): ``test.fusion="union"`` (default) keeps every peak of every stage as an
+   instance representation and lets the merging NMS combine the parts; ``"match"`` adds the
    PRM of each later-stage peak to the nearest stage-1 peak of the same class within
    ``match_radius`` (fraction of the map side) and renormalises, unmatched peaks staying separate;
-3. scoring of the proposals (cached on disk) per representation: ``scoring="sgpo"`` (Eqs. 4-8,
+3. scoring of the proposals (cached on disk) per representation: ``test.scoring="sgpo"`` (Eqs. 4-8,
    :mod:`wsis.methods.mser_sgpo.sgpo`) or ``scoring="prm"`` (PRM's retrieval,
    :mod:`wsis.proposals.retrieval`); each
    representation's class-aware term uses the class map of the network that produced it; best
    proposal per representation, then instance NMS with PRM merging.
 
-Ablation rows of the paper's Table 7: PRM = ``stages=1 scoring=prm``, PRM+MSER = ``stages=2
-scoring=prm``, PRM+SGPO = ``stages=1 scoring=sgpo``, PRM+MSER+SGPO = ``stages=2 scoring=sgpo``.
+Ablation rows of the paper's Table 7 (``erasing.stages``, ``test.scoring``): PRM = ``1, prm``,
+PRM+MSER = ``2, prm``, PRM+SGPO = ``1, sgpo``, PRM+MSER+SGPO = ``2, sgpo``.
 A predictor trained with T stages also predicts with its first k (:meth:`MSERSGPOPredictor.variant`).
 
 Where each equation is (one hop from here): the PRM classifier of every stage: :mod:`wsis.methods.prm`
@@ -49,7 +49,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import cv2
 import numpy as np
@@ -62,32 +62,63 @@ from wsis.cues.erasing import (EraseTransform, ErasingConfig, apply_erase, erase
                                save_mask)
 from wsis.cues.peak_backprop import peak_response_maps, stacked_peak_response_maps
 from wsis.cues.peaks import crm_peaks
-from wsis.cues.prm import PRMNet, prm_loss, prm_optimizer
+from wsis.cues.prm import PRMNet
 from wsis.cues.saliency import get_saliency
 from wsis.data.images import atomic_write, load_image
 from wsis.data.torch_data import TagDataset, resize_square
-from wsis.engine import Trainer, pick_device
+from wsis.engine import distributed as dist_utils
+from wsis.engine import pick_device
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
 from wsis.methods.mser_sgpo.sgpo import SGPOConfig, sgpo_retrieve
-from wsis.methods.prm import PRMMethodConfig, PRMPredictor, build_model
-from wsis.methods.prm import migrate_config
+from wsis.methods.prm import PRMPredictor, build_model, migrate_config, train_finetuned
+from wsis.methods.prm.config import MOVED_KEYS as PRM_MOVED_KEYS
+from wsis.methods.prm.config import PRMDataConfig, PRMNetConfig, PRMScheduleConfig, PRMTestConfig
+from wsis.engine.schedule import schedule_length
+from wsis.proposals.config import ProposalConfig
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, save_weights, trained_categories
 from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
 
 @dataclass
-class MSERSGPOConfig(PRMMethodConfig):
-    """PRM's settings (backbone, classifier schedule, peaks, proposals, PRM retrieval) plus MSER's and SGPO's."""
+class MSERErasingConfig(ErasingConfig):
+    """Algorithm 1: T stages; each erases the regions of the peaks the inference would keep (the
+    ``test`` peak rules) with Eq. 2's delta."""
 
     stages: int = 2  # T, the paper's default
-    erasing: ErasingConfig = field(default_factory=ErasingConfig)
+
+
+@dataclass
+class MSERTestConfig(PRMTestConfig):
+    """PRM's peak rules plus EPRM fusion and the scoring rule (module docstring, steps 2-3)."""
+
     fusion: Literal["union", "match"] = "union"
     match_radius: float = 0.1
     scoring: Literal["sgpo", "prm"] = "sgpo"
     # one scoring config for both rules: PRM's weights, limits and NMS plus SGPO's saliency term
     retrieval: SGPOConfig = field(default_factory=SGPOConfig)
+
+
+@dataclass
+class MSERSGPOConfig:
+    """PRM's network, data and schedule for every stage, MSER's erasing and SGPO's scoring."""
+
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    model: PRMNetConfig = field(default_factory=PRMNetConfig)
+    data: PRMDataConfig = field(default_factory=PRMDataConfig)
+    schedule: PRMScheduleConfig = field(default_factory=PRMScheduleConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    test: MSERTestConfig = field(default_factory=MSERTestConfig)
+    erasing: MSERErasingConfig = field(default_factory=MSERErasingConfig)
+
+
+MSERSGPOConfig.MOVED_KEYS = {  # type: ignore[attr-defined]  # the layout before the skeleton (wsis.config)
+    **{k: v for k, v in PRM_MOVED_KEYS.items() if not k.startswith("fit.")},
+    "stages": "erasing.stages", "fusion": "test.fusion", "match_radius": "test.match_radius",
+    "scoring": "test.scoring"}
 
 
 def migrate_mser_config(config: dict) -> dict:
@@ -116,19 +147,19 @@ ERASE_SETTINGS = "settings.json"
 @torch.no_grad()
 def select_peaks(model: PRMNet, x: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig) -> torch.Tensor:
     """Peaks of one image (1, 3, S, S) whose class is ``allowed`` (C,) bool, or, when None, whose
-    class score is >= ``classifier.class_threshold`` (inference)."""
+    class score is >= ``test.class_threshold`` (inference)."""
     return peaks_from_crm(model, model.crm(x), allowed, cfg)
 
 
 def peaks_from_crm(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig
                    ) -> torch.Tensor:
     """:func:`select_peaks` from an already computed upsampled CRM (1, C, h, w)."""
-    return crm_peaks(model, crm, allowed, cfg.classifier.class_threshold, cfg.peak_threshold,
-                     cfg.max_peaks_per_class)
+    return crm_peaks(model, crm, allowed, cfg.test.class_threshold, cfg.test.peak_threshold,
+                     cfg.test.max_peaks_per_class)
 
 
 def _batched(cfg: MSERSGPOConfig, device: torch.device) -> bool:
-    return cfg.peak_backprop == "batched" or (cfg.peak_backprop == "auto" and device.type == "cuda")
+    return cfg.test.peak_backprop == "batched" or (cfg.test.peak_backprop == "auto" and device.type == "cuda")
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -137,8 +168,9 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
         workdir: str | Path = "runs/mser_sgpo") -> "MSERSGPOPredictor":
     """Algorithm 1: T classifiers, each trained on the images erased by the previous ones."""
     cfg = load_config(MSERSGPOConfig, config, list(overrides))
-    if cfg.stages < 1:
-        raise InputError(config or "command line", f"stages must be >= 1, got {cfg.stages}")
+    if cfg.erasing.stages < 1:
+        raise InputError(config or "command line", f"erasing.stages must be >= 1, got {cfg.erasing.stages}")
+    schedule_length(cfg.schedule)
     workdir = Path(workdir)
     category_ids = sorted(records.categories)
     if not any(r.tags for r in records):
@@ -146,11 +178,11 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     recs = list(records.records)
     masks: list[Path | None] = [None] * len(recs)
     models, started = [], time.perf_counter()
-    for t in range(1, cfg.stages + 1):
+    for t in range(1, cfg.erasing.stages + 1):
         stage_dir = workdir / f"stage{t}"
         model = train_stage(recs, category_ids, cfg, stage_dir, masks, t)
         models.append(model)
-        if t < cfg.stages:
+        if t < cfg.erasing.stages:
             masks = erase_stage(model, recs, category_ids, cfg, stage_dir, masks)
     meta = {"method": "mser_sgpo", "config": to_dict(cfg), "category_ids": category_ids,
             "categories": {str(k): v for k, v in records.categories.items()}}
@@ -159,17 +191,34 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 
 
 def _stage_settings(cfg: MSERSGPOConfig, t: int, num_images: int) -> dict:
-    """What a stage's network depends on; a finished stage is reused only if this matches."""
-    plain = to_dict(cfg)
-    # "prm": the classifier section's name when the first stages were trained (kept so that they match)
-    train = {"backbone": plain["backbone"], "pretrained": plain["pretrained"], "seed": plain["seed"],
-             "prm": plain["classifier"]}
-    erased = None if t == 1 else {"erasing": to_dict(cfg.erasing), "peak_threshold": cfg.peak_threshold,
-                                   "max_peaks_per_class": cfg.max_peaks_per_class}
+    """What a stage's network depends on; a finished stage is reused only if this matches. Written in
+    the layout of the first MSER runs (``prm``: the classifier section then), so that their finished
+    stages still match; schedule settings those runs did not have are added only when they are set."""
+    model, data, sched = to_dict(cfg.model), to_dict(cfg.data), to_dict(cfg.schedule)
+    prm = {"image_size": data["image_size"], "batch_size": sched["batch_size"], "lr": sched["lr"],
+           "backbone_lr_mult": sched["backbone_lr_mult"], "momentum": sched["momentum"],
+           "weight_decay": sched["weight_decay"], "epochs": sched["epochs"], "hflip": data["hflip"],
+           "sub_pixel_factor": model["sub_pixel_factor"], "win_size": model["win_size"],
+           "peak_filter": model["peak_filter"], "class_threshold": cfg.test.class_threshold}
+    defaults = to_dict(PRMScheduleConfig())
+    prm.update({k: sched[k] for k in ("iterations", "warmup_iterations", "lr_steps", "grad_clip")
+                if sched[k] != defaults[k]})
+    train = {"backbone": model["backbone"], "pretrained": model["pretrained"], "seed": cfg.seed, "prm": prm}
+    erasing = {k: v for k, v in to_dict(cfg.erasing).items() if k != "stages"}
+    erased = None if t == 1 else {"erasing": erasing, "peak_threshold": cfg.test.peak_threshold,
+                                   "max_peaks_per_class": cfg.test.max_peaks_per_class}
     return {"stage": t, "images": num_images, "train": train, "erased_by_earlier_stages": erased}
 
 
 def _check_settings(path: Path, settings: dict) -> None:
+    """The settings file of a stage (or its erase masks): written by the main process when missing, an
+    error when it says other settings; the other processes of a torchrun job wait for it."""
+    if dist_utils.is_main():
+        _check_settings_file(path, settings)
+    dist_utils.barrier()
+
+
+def _check_settings_file(path: Path, settings: dict) -> None:
     if path.is_file():
         try:
             found = json.loads(path.read_text())
@@ -190,26 +239,21 @@ def train_stage(recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOC
     if (stage_dir / MODEL_FILE).is_file():
         return load_stage_model(stage_dir, cfg, len(category_ids))
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(category_ids))
+    model = build_model(cfg.model, len(category_ids))
     transform = None
     if any(m is not None for m in masks):
         transform = EraseTransform(masks, fill_value(cfg.erasing.fill, model.backbone.mean))
-    dataset = TagDataset(recs, category_ids, image_size=cfg.classifier.image_size, train=cfg.classifier.hflip,
+    dataset = TagDataset(recs, category_ids, image_size=cfg.data.image_size, train=cfg.data.hflip,
                          normalize=model.backbone.normalize, seed=cfg.seed, image_transform=transform)
 
-    def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
-        images, targets = batch
-        return prm_loss(net(images), targets)
-
-    Trainer(model, prm_optimizer(model, cfg.classifier), step_fn=step, workdir=stage_dir, epochs=cfg.classifier.epochs,
-            device=cfg.device, seed=cfg.seed, batch_size=cfg.classifier.batch_size, num_workers=cfg.num_workers,
-            config={"method": "mser_sgpo", "stage": t, "config": to_dict(cfg)}).fit(dataset)
+    train_finetuned(model, dataset, cfg.schedule, stage_dir, {"method": "mser_sgpo", "stage": t, "config": to_dict(cfg)},
+                    device=cfg.device, seed=cfg.seed, num_workers=cfg.num_workers)
     save_weights(stage_dir / MODEL_FILE, model)
     return model
 
 
 def load_stage_model(stage_dir: Path, cfg: MSERSGPOConfig, num_classes: int) -> PRMNet:
-    model = build_model(cfg, num_classes, pretrained=False)
+    model = build_model(cfg.model, num_classes, pretrained=False)
     load_weights(model, stage_dir / MODEL_FILE)
     return model
 
@@ -227,17 +271,21 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
     """Eqs. 2-3 with stage t's network on every I^t; returns the cumulative masks of I^{t+1}.
     Masks already on disk are kept (a resumed run recomputes only the missing ones)."""
     erase_dir = stage_dir / ERASE_DIR
-    _check_settings(erase_dir / ERASE_SETTINGS, {"erasing": to_dict(cfg.erasing), "peak_threshold": cfg.peak_threshold,
-                                                 "max_peaks_per_class": cfg.max_peaks_per_class,
-                                                 "image_size": cfg.classifier.image_size})
+    erasing = {k: v for k, v in to_dict(cfg.erasing).items() if k != "stages"}  # the layout of the first runs
+    _check_settings(erase_dir / ERASE_SETTINGS, {"erasing": erasing, "peak_threshold": cfg.test.peak_threshold,
+                                                 "max_peaks_per_class": cfg.test.max_peaks_per_class,
+                                                 "image_size": cfg.data.image_size})
     device = pick_device(cfg.device)
     model = model.to(device).eval()
     fill = fill_value(cfg.erasing.fill, model.backbone.mean)
     column = {c: i for i, c in enumerate(category_ids)}
     out = [erase_dir / f"{r.image_id}.npz" for r in recs]
-    todo = [i for i, p in enumerate(out) if not p.is_file()]
-    for i in tqdm(todo, desc=f"erase {stage_dir.name}", unit="img", disable=not todo):
-        x = stage_image(recs[i], cfg.classifier.image_size, masks[i], fill)
+    # under torchrun each process erases its share of the images, so every file has one writer; the
+    # shares are fixed by position (not by what is on disk, which another process may be writing)
+    mine = range(dist_utils.get_rank(), len(out), dist_utils.get_world_size())
+    todo = [i for i in mine if not out[i].is_file()]
+    for i in tqdm(todo, desc=f"erase {stage_dir.name}", unit="img", disable=not todo or not dist_utils.is_main()):
+        x = stage_image(recs[i], cfg.data.image_size, masks[i], fill)
         xn = model.backbone.normalize(x[None]).to(device)
         allowed = torch.zeros(len(category_ids), dtype=torch.bool)
         allowed[[column[c] for c in recs[i].tags if c in column]] = True
@@ -246,6 +294,7 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
         new = erase_mask(prms.cpu(), cfg.erasing.delta, cfg.erasing.scale)
         previous = torch.from_numpy(load_mask(masks[i])) if masks[i] is not None else torch.zeros_like(new)
         save_mask(out[i], previous | new)
+    dist_utils.barrier()  # the next stage reads every process's masks
     return out
 
 
@@ -255,7 +304,8 @@ def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "MSERSGPOPredict
     workdir = Path(workdir)
     meta, cfg = read_trained(workdir, MSERSGPOConfig, migrate_mser_config, overrides)
     category_ids, categories = trained_categories(meta)
-    models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids)) for t in range(1, cfg.stages + 1)]
+    models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids))
+              for t in range(1, cfg.erasing.stages + 1)]
     return MSERSGPOPredictor(models, cfg, category_ids, categories, workdir)
 
 
@@ -308,7 +358,7 @@ def fuse_representations(responses: Sequence[StageResponse], fusion: str, match_
 class MSERSGPOPredictor(Predictor):
     """The T stage classifiers plus EPRM fusion and proposal scoring."""
 
-    inference_keys = PRMPredictor.inference_keys + ("fusion", "match_radius", "scoring")
+    inference_keys = ("device", "proposals", "test", "erasing.stages")
 
     def __init__(self, models: Sequence[PRMNet], cfg: MSERSGPOConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path) -> None:
@@ -320,24 +370,25 @@ class MSERSGPOPredictor(Predictor):
     def variant(self, stages: int | None = None, scoring: str | None = None, fusion: str | None = None
                 ) -> "MSERSGPOPredictor":
         """The same networks predicting with the first ``stages`` of them and another scoring/fusion."""
-        stages = self.cfg.stages if stages is None else stages
+        stages = self.cfg.erasing.stages if stages is None else stages
         if not 1 <= stages <= len(self.models):
             raise ValueError(f"stages must be in 1..{len(self.models)}, got {stages}")
         other = copy.copy(self)
-        other.cfg = dataclasses.replace(self.cfg, stages=stages, scoring=scoring or self.cfg.scoring,
-                                        fusion=fusion or self.cfg.fusion)
+        test = dataclasses.replace(self.cfg.test, scoring=scoring or self.cfg.test.scoring,
+                                   fusion=fusion or self.cfg.test.fusion)
+        other.cfg = dataclasses.replace(self.cfg, test=test, erasing=dataclasses.replace(self.cfg.erasing, stages=stages))
         return other
 
     @property
     def saliency(self):
         if self._saliency is None:
-            self._saliency = get_saliency(self.cfg.retrieval.saliency)
+            self._saliency = get_saliency(self.cfg.test.retrieval.saliency)
         return self._saliency
 
     def stage_responses(self, x: torch.Tensor, skip: int = 0) -> list[StageResponse]:
         """Peaks, PRMs and upsampled class maps of every used stage (but the first ``skip``) for one
         prepared image (1, 3, S, S)."""
-        models = self.models[skip: self.cfg.stages]
+        models = self.models[skip: self.cfg.erasing.stages]
         batched = _batched(self.cfg, self.device)
         if batched and len(models) > 1:  # one pass over the stacked networks, peaks batched too
             maps = stacked_peak_response_maps(models, x, lambda t, m, crm: peaks_from_crm(m, crm, None, self.cfg))
@@ -353,20 +404,21 @@ class MSERSGPOPredictor(Predictor):
         return out
 
     def instances(self, record: ImageRecord, image: np.ndarray, responses: Sequence[StageResponse]) -> Instances:
-        """Instances of one image from its stage responses (the first ``cfg.stages`` are used)."""
+        """Instances of one image from its stage responses (the first ``erasing.stages`` are used)."""
         h, w = image.shape[:2]
-        responses = list(responses)[: self.cfg.stages]
-        prms, index, class_maps = fuse_representations(responses, self.cfg.fusion, self.cfg.match_radius)
+        test = self.cfg.test
+        responses = list(responses)[: self.cfg.erasing.stages]
+        prms, index, class_maps = fuse_representations(responses, test.fusion, test.match_radius)
         props = self.proposals(record)
         if len(prms) == 0 or len(props) == 0 or props.masks is None:
             return Instances((h, w), masks=[])
         s = prms.shape[-1]
         small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
-        if self.cfg.scoring == "prm":
-            found = retrieve(prms, index, class_maps, small, self.cfg.retrieval)
+        if test.scoring == "prm":
+            found = retrieve(prms, index, class_maps, small, test.retrieval)
         else:
             sal = cv2.resize(self.saliency(image, record.path), (s, s), interpolation=cv2.INTER_LINEAR)
-            found = sgpo_retrieve(prms, index, class_maps, sal, small, self.cfg.retrieval)
+            found = sgpo_retrieve(prms, index, class_maps, sal, small, test.retrieval)
         chosen = [props.masks[i] for i in found.proposal_index]
         labels = self.labels_of(found.peak_classes % len(self.category_ids))
         return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=found.scores, masks=chosen)

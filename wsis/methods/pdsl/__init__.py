@@ -5,7 +5,7 @@ instance-activation correlation loss.
 
 Training (``fit``): the tags only (ground truth is stripped before anything else sees the records);
 proposals of every training image are generated first (cached on disk by image content and
-settings); then the shared :class:`~wsis.engine.Trainer` runs exactly the schedule's iterations
+settings); then the shared :class:`~wsis.engine.Trainer` runs exactly the schedule's iterations (or epochs)
 (lr warm-up and x0.1 steps per iteration, as :mod:`wsis.engine.schedule`; per-group gradient
 clipping as a :class:`~wsis.engine.GradClip` hook), checkpointing to ``workdir/last.pt`` and resuming from it exactly:
 data order, augmentation and the mask branch's RoI sample are functions of (seed, epoch, image), and
@@ -61,9 +61,9 @@ import torch
 from wsis import masks as mask_ops
 from wsis.config import load_config, to_dict
 from wsis.data.images import load_image
-from wsis.engine import Checkpointer, GradClip, HookBase, LRScheduler, MetricsLogger, Trainer
+from wsis.engine import Trainer
 from wsis.engine.distributed import is_main
-from wsis.engine.schedule import lr_factor
+from wsis.engine.schedule import schedule_hooks, schedule_length, total_iterations
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
 from wsis.methods.pdsl.config import PDSLMethodConfig, PDSLScheduleConfig
@@ -90,12 +90,10 @@ def _check(cfg: PDSLMethodConfig, source: str) -> None:
         problems.append(f"loss.mask_rois must be >= 1 or null, got {cfg.loss.mask_rois}")
     if cfg.loss.correlation_target not in ("score", "relative"):
         problems.append(f"loss.correlation_target must be 'score' or 'relative', got {cfg.loss.correlation_target!r}")
-    if not cfg.augment.scales or not cfg.test.scales:
-        problems.append("augment.scales and test.scales must not be empty")
-    if not 0 < cfg.augment.crop <= 1:
-        problems.append(f"augment.crop must be in (0, 1], got {cfg.augment.crop}")
-    if cfg.schedule.iterations < 0 or cfg.schedule.batch_size < 1:
-        problems.append("schedule.iterations must be >= 0 and schedule.batch_size >= 1")
+    if not cfg.data.scales or not cfg.test.scales:
+        problems.append("data.scales and test.scales must not be empty")
+    if not 0 < cfg.data.crop <= 1:
+        problems.append(f"data.crop must be in (0, 1], got {cfg.data.crop}")
     if problems:
         raise InputError(source, problems[0])
 
@@ -126,7 +124,7 @@ def training_data(cfg: PDSLMethodConfig, model: PDSLNet, records: Sequence[Image
     grabcut = GrabCutCache(grabcut_dir, cfg.grabcut.iterations, cfg.grabcut.margin, cfg.grabcut.max_side)
     dataset = PDSLDataset(list(records), category_ids,
                           ProposalBoxes(proposal_cache, cfg.proposals.method, cfg.proposals.settings),
-                          cfg.augment, model.backbone.normalize, cfg.seed)
+                          cfg.data, model.backbone.normalize, cfg.seed)
     return dataset, grabcut
 
 
@@ -135,6 +133,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     """Train PDSL on the records' tags; resumes from ``workdir`` when interrupted."""
     cfg = load_config(PDSLMethodConfig, config, list(overrides))
     _check(cfg, str(config) if config else "command line")
+    schedule_length(cfg.schedule)
     workdir = Path(workdir)
     records = tags_only(records)
     if len(records) == 0 or not any(r.tags for r in records):
@@ -151,24 +150,19 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     dataset, grabcut = training_data(cfg, model, records.records, category_ids, proposal_cache, grabcut_dir)
     sched = cfg.schedule
     steps_per_epoch = math.ceil(len(dataset) / sched.batch_size)
+    iterations = total_iterations(sched, steps_per_epoch)
     optimizer = pdsl_optimizer(model, sched)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, sched.warmup_iterations, sched.lr_steps))
     meta: dict[str, Any] = {"method": "pdsl", "config": to_dict(cfg), "category_ids": category_ids,
                             "categories": {str(k): v for k, v in records.categories.items()},
-                            "signal": "image-level tags", "epochs": math.ceil(sched.iterations / steps_per_epoch),
-                            "steps": sched.iterations}
+                            "signal": "image-level tags", "epochs": math.ceil(iterations / steps_per_epoch),
+                            "steps": iterations}
 
     def step(net: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         losses = net(batch, grabcut.masks)
         return sum(losses.values()), {k: v.detach() for k, v in losses.items()}
 
-    hooks: list[HookBase] = []
-    if sched.grad_clip is not None:
-        hooks.append(GradClip(sched.grad_clip, per_group=sched.grad_clip_per_group))
-    hooks += [LRScheduler(scheduler, interval="step"), MetricsLogger(sched.log_every),
-              Checkpointer(sched.checkpoint_every)]
-    Trainer(model, optimizer, step_fn=step, workdir=workdir, iterations=sched.iterations, hooks=hooks,
+    hooks = schedule_hooks(sched, optimizer, clip_per_group=sched.grad_clip_per_group)
+    Trainer(model, optimizer, step_fn=step, workdir=workdir, **schedule_length(sched), hooks=hooks,
             device=cfg.device, seed=cfg.seed, batch_size=sched.batch_size, num_workers=cfg.num_workers,
             collate_fn=collate, config=meta,
             # an untagged image leaves the mask branch out of the graph

@@ -48,7 +48,7 @@ class PDSLLossConfig:
 
 
 @dataclass
-class PDSLAugmentConfig:
+class PDSLDataConfig:
     # Shorter side drawn from these per image (paper: 480..1216, stride 32); longer side capped.
     scales: list[int] = field(default_factory=lambda: list(range(480, 1217, 32)))
     max_size: int = 2000
@@ -103,7 +103,10 @@ class PDSLMethodConfig:
     schedule: PDSLScheduleConfig = field(default_factory=lambda: PDSLScheduleConfig(
         iterations=240000, batch_size=1, lr=0.01, momentum=0.9, weight_decay=0.0005, lr_steps=[168000],
         checkpoint_every=2000))
-    augment: PDSLAugmentConfig = field(default_factory=PDSLAugmentConfig)
+    data: PDSLDataConfig = field(default_factory=PDSLDataConfig)
     test: PDSLTestConfig = field(default_factory=PDSLTestConfig)
     proposals: ProposalConfig = field(default_factory=lambda: ProposalConfig(settings={"max_proposals": 2000}))
     grabcut: GrabCutConfig = field(default_factory=GrabCutConfig)
+
+
+PDSLMethodConfig.MOVED_KEYS = {"augment": "data"}  # type: ignore[attr-defined]  # before the skeleton (wsis.config)

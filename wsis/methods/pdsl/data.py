@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from wsis.data.images import load_image
 from wsis.data.torch_data import tag_targets
-from wsis.methods.pdsl.config import PDSLAugmentConfig
+from wsis.methods.pdsl.config import PDSLDataConfig
 from wsis.proposals.cache import ProposalCache
 from wsis.structures import ImageRecord
 
@@ -80,7 +80,7 @@ class PDSLDataset(Dataset):
     """Augmented (image, proposals, tags) samples for PDSL training (see module docstring)."""
 
     def __init__(self, records: Sequence[ImageRecord], category_ids: Sequence[int],
-                 boxes_fn: Callable[[ImageRecord], np.ndarray], augment: PDSLAugmentConfig,
+                 boxes_fn: Callable[[ImageRecord], np.ndarray], augment: PDSLDataConfig,
                  normalize: Normalizer, seed: int = 0) -> None:
         self.records = list(records)
         self.targets = tag_targets(self.records, category_ids)

@@ -11,9 +11,9 @@ Where each part of the paper is (one hop from here):
   instance NMS: :mod:`wsis.proposals.retrieval`; proposals: :mod:`wsis.proposals`.
 
 Inference, per image (the reference's ``PeakResponseMapping.forward`` + ``instance_seg``):
-1. the image is resized to ``image_size`` squared (as in training) and its upsampled CRMs computed;
-2. peaks of classes whose score (a logit) is >= ``classifier.class_threshold`` with a CRM value
-   above ``peak_threshold`` are kept (at most ``max_peaks_per_class`` per class, highest first) and all
+1. the image is resized to ``data.image_size`` squared (as in training) and its upsampled CRMs computed;
+2. peaks of classes whose score (a logit) is >= ``test.class_threshold`` with a CRM value
+   above ``test.peak_threshold`` are kept (at most ``test.max_peaks_per_class`` per class, highest first) and all
    their PRMs computed in one batched backward pass;
 3. proposals are generated for the original image (cached on disk by image content), resized
    (nearest) to the PRM resolution for scoring, and each peak retrieves its best proposal;
@@ -23,9 +23,8 @@ Inference, per image (the reference's ``PeakResponseMapping.forward`` + ``instan
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -36,39 +35,23 @@ from wsis.backbones import create_backbone
 from wsis.config import load_config, to_dict
 from wsis.cues.peak_backprop import peak_response_maps
 from wsis.cues.peaks import crm_peaks
-from wsis.cues.prm import PRMConfig, PRMNet, peak_stimulation, prm_loss, prm_optimizer
+from wsis.cues.prm import PRMNet, peak_stimulation, prm_loss, prm_optimizer
 from wsis.data.images import load_image
 from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer
+from wsis.engine.schedule import schedule_hooks, schedule_length
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
-from wsis.methods.prm.frozen import FitConfig, apply_prior, check, fit_frozen
+from wsis.methods.prm.config import (CalibrationConfig, PRMDataConfig, PRMFeatureDataConfig, PRMMethodConfig,
+                                     PRMModelConfig, PRMNetConfig, PRMScheduleConfig, PRMTestConfig)
+from wsis.methods.prm.frozen import apply_prior, check, fit_frozen
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
-from wsis.proposals.config import ProposalConfig
-from wsis.proposals.retrieval import RetrievalConfig, retrieve
+from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
-@dataclass
-class PRMMethodConfig:
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool = True
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
-    classifier: PRMConfig = field(default_factory=PRMConfig)
-    # Peaks with CRM value above this get a PRM. The reference's 30 is on its ResNet-50 CRM scale;
-    # other backbones' CRMs live on another scale, so the default keeps every positive peak and
-    # bounds the count per class instead.
-    peak_threshold: float = 0.0
-    max_peaks_per_class: int = 8
-    # "auto": one batched backward over all peaks on CUDA; on a CPU the reference's per-peak loop,
-    # which measured faster there (benchmarks/bench_peak_backprop.py). Same maps either way.
-    peak_backprop: Literal["auto", "batched", "loop"] = "auto"
-    proposals: ProposalConfig = field(default_factory=ProposalConfig)
-    retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(proposal_count=None))
-    # frozen/cached backbone, ImageNet class prior, calibrated thresholds (wsis.methods.prm.frozen)
-    fit: FitConfig = field(default_factory=FitConfig)
-
+__all__ = ["CalibrationConfig", "PRMDataConfig", "PRMFeatureDataConfig", "PRMMethodConfig", "PRMModelConfig",
+           "PRMNetConfig", "PRMPredictor", "PRMScheduleConfig", "PRMTestConfig", "build_model", "fit", "load",
+           "migrate_config", "train_finetuned"]
 
 # retrieval keys before PRM's and SGPO's scoring shared one config
 RENAMED_SCORING_KEYS = {"balance_factor": "alpha", "penalty_factor": "gamma", "penalty_reference_area": "gamma_reference_area"}
@@ -76,21 +59,43 @@ RENAMED_SCORING_KEYS = {"balance_factor": "alpha", "penalty_factor": "gamma", "p
 
 def migrate_config(config: dict) -> dict:
     """A ``method.json`` config written before the classifier section was renamed (``prm`` ->
-    ``classifier``; its ``peak_threshold`` was never read and is dropped) and before the scoring keys
-    took SGPO's names (:data:`RENAMED_SCORING_KEYS`)."""
+    ``classifier``; its ``peak_threshold`` was never read and is dropped), before the scoring keys
+    took SGPO's names (:data:`RENAMED_SCORING_KEYS`), and before the skeleton (``MOVED_KEYS``, applied
+    by :func:`wsis.methods.trained.read_trained`): of the two old schedules the one the run trained by
+    becomes ``schedule`` (the class layer's ``fit.head_*`` with a frozen backbone, else ``classifier``'s)."""
     config = dict(config)
     if "prm" in config and "classifier" not in config:
         config["classifier"] = {k: v for k, v in config.pop("prm").items() if k != "peak_threshold"}
     if isinstance(config.get("retrieval"), dict):
         config["retrieval"] = {RENAMED_SCORING_KEYS.get(k, k): v for k, v in config["retrieval"].items()}
+    fit, classifier = config.get("fit"), config.get("classifier")
+    if isinstance(fit, dict) and isinstance(classifier, dict):
+        if fit.get("frozen_backbone"):  # the backbone's epochs and lr were not used
+            config["classifier"] = {k: v for k, v in classifier.items() if k not in ("epochs", "lr")}
+        else:  # the class layer's were not
+            config["fit"] = {k: v for k, v in fit.items() if k not in ("head_epochs", "head_lr")}
     return config
 
 
-def build_model(cfg: PRMMethodConfig, num_classes: int, pretrained: bool | str | None = None) -> PRMNet:
-    """The classifier of ``cfg`` (its backbone with ``cfg.pretrained`` weights unless given)."""
+def build_model(cfg: PRMNetConfig, num_classes: int, pretrained: bool | str | None = None) -> PRMNet:
+    """The classifier of a ``model`` section (its backbone with ``cfg.pretrained`` weights unless given)."""
     backbone = create_backbone(cfg.backbone, cfg.pretrained if pretrained is None else pretrained)
-    return PRMNet(backbone, num_classes, sub_pixel_factor=cfg.classifier.sub_pixel_factor,
-                  win_size=cfg.classifier.win_size, peak_filter=cfg.classifier.peak_filter)
+    return PRMNet(backbone, num_classes, sub_pixel_factor=cfg.sub_pixel_factor, win_size=cfg.win_size,
+                  peak_filter=cfg.peak_filter)
+
+
+def train_finetuned(model: PRMNet, dataset: TagDataset, schedule: PRMScheduleConfig, workdir: Path,
+                    meta: dict[str, Any], *, device: str, seed: int, num_workers: int) -> None:
+    """The reference's training: every layer by SGD on the peak-stimulated multi-label loss, the
+    backbone at ``backbone_lr_mult`` x the rate; resumes from ``workdir``."""
+    def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
+        images, targets = batch
+        return prm_loss(net(images), targets)
+
+    optimizer = prm_optimizer(model, schedule.lr, schedule.backbone_lr_mult, schedule.momentum, schedule.weight_decay)
+    Trainer(model, optimizer, step_fn=step, workdir=workdir, **schedule_length(schedule),
+            hooks=schedule_hooks(schedule, optimizer), device=device, seed=seed, batch_size=schedule.batch_size,
+            num_workers=num_workers, config=meta).fit(dataset)
 
 
 def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
@@ -101,32 +106,26 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     category_ids = sorted(records.categories)
     if not any(r.tags for r in records):
         raise InputError(records.name or "dataset", "no image has tags: PRM trains on image-level labels")
-    check(cfg.fit)
+    check(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(category_ids))
+    model = build_model(cfg.model, len(category_ids))
     names = [records.categories[c] for c in category_ids]
     meta = {"method": "prm", "config": to_dict(cfg), "category_ids": category_ids,
             "categories": {str(k): v for k, v in records.categories.items()}}
     started = time.perf_counter()
-    if cfg.fit.frozen_backbone:
-        result = fit_frozen(model, records, category_ids, cfg.fit, cfg.classifier, workdir, cfg.seed)
+    if cfg.model.frozen_backbone:
+        result = fit_frozen(model, records, category_ids, cfg, workdir)
         meta["class_thresholds"] = [float(t) for t in result.thresholds]
         meta["calibration"] = result.calibration
         meta["head_losses"] = [result.losses[0], result.losses[-1]]
         workdir.mkdir(parents=True, exist_ok=True)
     else:
-        if cfg.fit.class_prior == "imagenet":
+        if cfg.model.class_prior == "imagenet":
             apply_prior(model, names)
-        dataset = TagDataset(records.records, category_ids, image_size=cfg.classifier.image_size,
-                             train=cfg.classifier.hflip, normalize=model.backbone.normalize, seed=cfg.seed)
-
-        def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
-            images, targets = batch
-            return prm_loss(net(images), targets)
-
-        Trainer(model, prm_optimizer(model, cfg.classifier), step_fn=step, workdir=workdir,
-                epochs=cfg.classifier.epochs, device=cfg.device, seed=cfg.seed,
-                batch_size=cfg.classifier.batch_size, num_workers=cfg.num_workers, config=meta).fit(dataset)
+        dataset = TagDataset(records.records, category_ids, image_size=cfg.data.image_size,
+                             train=cfg.data.hflip, normalize=model.backbone.normalize, seed=cfg.seed)
+        train_finetuned(model, dataset, cfg.schedule, workdir, meta, device=cfg.device, seed=cfg.seed,
+                        num_workers=cfg.num_workers)
     save_trained(workdir, model, meta, started)
     return PRMPredictor(model, cfg, category_ids, records.categories, workdir, meta.get("class_thresholds"))
 
@@ -135,12 +134,12 @@ def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PRMPredictor":
     workdir = Path(workdir)
     meta, cfg = read_trained(workdir, PRMMethodConfig, migrate_config, overrides)
     category_ids, categories = trained_categories(meta)
-    model = build_model(cfg, len(category_ids), pretrained=False)
+    model = build_model(cfg.model, len(category_ids), pretrained=False)
     load_weights(model, workdir / MODEL_FILE)
     thresholds = meta.get("class_thresholds")
-    if thresholds is not None and any(o.split("=", 1)[0].strip() == "classifier.class_threshold" for o in overrides):
+    if thresholds is not None and any(o.split("=", 1)[0].strip() == "test.class_threshold" for o in overrides):
         # an explicit threshold is the user's choice: it replaces the calibrated ones rather than being ignored
-        print(f"classifier.class_threshold given: it replaces the {len(thresholds)} per-class thresholds "
+        print(f"test.class_threshold given: it replaces the {len(thresholds)} per-class thresholds "
               "calibrated on the training images")
         thresholds = None
     return PRMPredictor(model, cfg, category_ids, categories, workdir, thresholds)
@@ -150,14 +149,13 @@ def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PRMPredictor":
 class PRMPredictor(Predictor):
     """A trained PRM classifier plus the retrieval stage."""
 
-    inference_keys = ("device", "proposals", "classifier.class_threshold", "peak_threshold", "max_peaks_per_class",
-                      "peak_backprop", "retrieval")
+    inference_keys = ("device", "proposals", "test")
 
     def __init__(self, model: PRMNet, cfg: PRMMethodConfig, category_ids: list[int],
                  categories: dict[int, str], workdir: Path, thresholds: Sequence[float] | None = None) -> None:
         super().__init__(cfg, category_ids, categories, workdir)
         self.model = model.to(self.device).eval()
-        # per-class thresholds calibrated on training images (fit.thresholds=calibrated), else the config's one
+        # per-class thresholds calibrated on training images (calibration.thresholds=calibrated), else the test one
         self._thresholds = None if thresholds is None else torch.tensor(list(thresholds), dtype=torch.float32)
         self.top_scores: dict[int, tuple[float, int] | None] = {}  # image id -> (top class score, channel)
         self._last_top: tuple[float, int] | None = None
@@ -166,19 +164,19 @@ class PRMPredictor(Predictor):
         """(C,) score each class must reach in an image for its peaks to be kept."""
         if self._thresholds is not None:
             return self._thresholds
-        return torch.full((len(self.category_ids),), float(self.cfg.classifier.class_threshold))
+        return torch.full((len(self.category_ids),), float(self.cfg.test.class_threshold))
 
     # -- stages ------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> normalised (1, 3, S, S) tensor at the training resolution."""
-        x = resize_square(image, self.cfg.classifier.image_size)
+        x = resize_square(image, self.cfg.data.image_size)
         return self.model.backbone.normalize(x[None]).to(self.device)
 
     def peak_responses(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Peaks' classes (K,), their PRMs (K, S, S) and the class maps (C, S, S) of one image;
         only the maps of the peaks' classes are computed (retrieval reads no other), the rest are 0."""
-        batched = self.cfg.peak_backprop == "batched" or (
-            self.cfg.peak_backprop == "auto" and self.device.type == "cuda")
+        batched = self.cfg.test.peak_backprop == "batched" or (
+            self.cfg.test.peak_backprop == "auto" and self.device.type == "cuda")
         peaks, prms, crm = peak_response_maps(self.model, x, select=self._select_peaks, batched=batched)
         size = tuple(x.shape[-2:])
         used = torch.unique(peaks[:, 1])
@@ -196,22 +194,23 @@ class PRMPredictor(Predictor):
             scores = peak_stimulation(crm, self.model.win_size, self.model.peak_filter)[0]
         self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
         allowed = scores >= self.class_thresholds().to(scores.device)
-        return crm_peaks(self.model, crm, allowed, None, self.cfg.peak_threshold, self.cfg.max_peaks_per_class)
+        return crm_peaks(self.model, crm, allowed, None, self.cfg.test.peak_threshold,
+                         self.cfg.test.max_peaks_per_class)
 
     def why_empty(self, image_ids: Sequence[int]) -> str:
-        """The top class score over the images against ``classifier.class_threshold``."""
+        """The top class score over the images against ``test.class_threshold``."""
         tops = [self.top_scores[i] for i in image_ids if self.top_scores.get(i) is not None]
         if not tops:
             return super().why_empty(image_ids)
         score, channel = max(tops)
-        threshold = self.cfg.classifier.class_threshold
+        threshold = self.cfg.test.class_threshold
         name = self.categories.get(self.category_ids[channel], str(self.category_ids[channel]))
         if score < threshold:
-            return (f"every class score is below classifier.class_threshold={threshold:g} (highest {score:.2f}, "
-                    f"{name}); predict with classifier.class_threshold={np.floor(score * 10) / 10:g}, or train longer "
+            return (f"every class score is below test.class_threshold={threshold:g} (highest {score:.2f}, "
+                    f"{name}); predict with test.class_threshold={np.floor(score * 10) / 10:g}, or train longer "
                     f"(--config small for a few images)")
         return (f"classes scored up to {score:.2f} ({name}, threshold {threshold:g}) but no proposal was retrieved "
-                f"for their peaks (peak_threshold={self.cfg.peak_threshold:g}, retrieval settings)")
+                f"for their peaks (test.peak_threshold={self.cfg.test.peak_threshold:g}, retrieval settings)")
 
     # -- prediction --------------------------------------------------------------------------
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
@@ -225,7 +224,7 @@ class PRMPredictor(Predictor):
             return Instances((h, w), masks=[])
         s = x.shape[-1]
         small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
-        found = retrieve(prms, classes, class_maps, small, self.cfg.retrieval)
+        found = retrieve(prms, classes, class_maps, small, self.cfg.test.retrieval)
         chosen = [props.masks[i] for i in found.proposal_index]
         labels = self.labels_of(found.peak_classes)
         return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=found.scores,

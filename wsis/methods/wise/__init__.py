@@ -3,7 +3,7 @@ Supervision", BMVC 2019; Algorithm 1): a PRM classifier trained on the image tag
 by its peaks; for each peak a proposal containing it is sampled with probability proportional to
 objectness (Eq. 1) as its pseudo mask (:mod:`wsis.methods.wise.pseudo_labels`); Mask R-CNN trains on the pseudo
 masks (Eq. 2), which are drawn afresh every epoch; at test time only Mask R-CNN runs, optionally
-followed by swapping each mask for the proposal of highest IoU (``refine``).
+followed by swapping each mask for the proposal of highest IoU (``test.refine``).
 
 Where each part is (one hop from here): the PRM classifier (stage 1): :mod:`wsis.methods.prm` (and
 :mod:`wsis.cues.prm`); peaks kept per tagged class: :mod:`wsis.cues.peaks`; Eq. 1 (candidates and
@@ -40,8 +40,9 @@ from wsis.errors import InputError
 from wsis.methods import prm as prm_method
 from wsis.methods.base import register
 from wsis.methods.maskrcnn import DetectorPredictor, MaskRCNNMethodConfig, fit_detector, load_detector
-from wsis.cues.prm import PRMConfig
 from wsis.methods.prm import migrate_config as migrate_prm_config
+from wsis.methods.prm.config import MOVED_KEYS as PRM_MOVED_KEYS
+from wsis.methods.prm.config import PRMDataConfig, PRMNetConfig, PRMScheduleConfig
 from wsis.methods.trained import META_FILE
 from wsis.methods.wise.pseudo_labels import (PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances,
                                              write_pseudo_labels)
@@ -54,12 +55,12 @@ PSEUDO_JSON = "pseudo_labels.json"
 
 @dataclass
 class WisePRMConfig:
-    """Stage 1, PRM's classifier; its device, seed, workers and proposals are WISE's, its peaks are
-    ``pseudo``'s."""
+    """Stage 1, PRM's classifier (network, data, schedule); its device, seed, workers and proposals are
+    WISE's, its peaks are ``pseudo``'s."""
 
-    backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool = True
-    classifier: PRMConfig = field(default_factory=PRMConfig)
+    model: PRMNetConfig = field(default_factory=PRMNetConfig)
+    data: PRMDataConfig = field(default_factory=PRMDataConfig)
+    schedule: PRMScheduleConfig = field(default_factory=PRMScheduleConfig)
 
 
 @dataclass
@@ -68,21 +69,32 @@ class WiseMethodConfig(MaskRCNNMethodConfig):
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
 
 
+WiseMethodConfig.MOVED_KEYS = {  # type: ignore[attr-defined]  # the layout before the skeleton (wsis.config)
+    **MaskRCNNMethodConfig.MOVED_KEYS,  # type: ignore[attr-defined]
+    **{f"prm.{old}": f"prm.{new}" for old, new in PRM_MOVED_KEYS.items()
+       if new.split(".")[0] in ("model", "data", "schedule") and not old.startswith("fit.")}}
+
+
 def migrate_config(config: dict) -> dict:
     """A ``method.json`` config written before the ``prm`` section held only the classifier (it had
-    all of PRM's method config, ``prm.prm.epochs``; the rest was never read by WISE and is dropped)."""
+    all of PRM's method config, ``prm.prm.epochs``; the rest was never read by WISE and is dropped),
+    and before the skeleton (the PRM stage's class threshold was never read: the pseudo labels use
+    the tags)."""
     config = dict(config)
     if isinstance(config.get("prm"), dict):
         old = migrate_prm_config(config["prm"])
-        config["prm"] = {k: old[k] for k in ("backbone", "pretrained", "classifier") if k in old}
+        prm = {k: old[k] for k in ("backbone", "pretrained", "classifier", "model", "data", "schedule") if k in old}
+        if isinstance(prm.get("classifier"), dict):
+            prm["classifier"] = {k: v for k, v in prm["classifier"].items() if k != "class_threshold"}
+        config["prm"] = prm
     return config
 
 
 def prm_stage_config(cfg: WiseMethodConfig) -> dict:
     """The PRM method config of stage 1 (``workdir/prm/config.yaml``)."""
     return {**to_dict(cfg.prm), "device": cfg.device, "seed": cfg.seed, "num_workers": cfg.num_workers,
-            "proposals": to_dict(cfg.proposals), "peak_threshold": cfg.pseudo.peak_threshold,
-            "max_peaks_per_class": cfg.pseudo.max_peaks_per_class}
+            "proposals": to_dict(cfg.proposals),
+            "test": {"peak_threshold": cfg.pseudo.peak_threshold, "max_peaks_per_class": cfg.pseudo.max_peaks_per_class}}
 
 
 @register("wise", WiseMethodConfig)
