@@ -25,7 +25,7 @@ from common import ROOT, VAL_JSON, commit, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.detectors.maskrcnn import StageTimer, predict_instances
-from wsis.methods import maskrcnn
+from wsis.methods import load_trained
 
 
 def parse_model(spec: str) -> tuple[str, Path, dict]:
@@ -39,7 +39,7 @@ def parse_model(spec: str) -> tuple[str, Path, dict]:
 
 
 def load(workdir: Path, overrides: dict):
-    predictor = maskrcnn.load(workdir)
+    predictor = load_trained(workdir)  # Mask R-CNN or WISE: the same DetectorPredictor
     heads = predictor.model.roi_heads
     for key, value in overrides.items():
         if key == "score_threshold":

@@ -96,10 +96,21 @@ def test_second_method_reuses_the_first_ones_proposals(tmp_path):
 
 
 class _Echo:
-    """A picklable stand-in predictor: the answer is known (image id doubled) and says which process."""
+    """A picklable stand-in predictor: the answer is known (image id doubled) and says which process.
+    In the process that made it, ``predict`` waits until a spawned worker has predicted an image
+    (a flag file), so that both processes take part whatever the workers' start-up time."""
+
+    def __init__(self, flag):
+        self.flag, self.parent = flag, os.getpid()
 
     def predict(self, record):
-        time.sleep(0.3)
+        if os.getpid() == self.parent:
+            deadline = time.monotonic() + 120
+            while not self.flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            self.flag.touch()
+            time.sleep(0.05)
         return (record.image_id * 2, os.getpid())
 
 
@@ -108,15 +119,41 @@ class _Rec:
         self.image_id = image_id
 
 
-def test_predict_parallel_keeps_order_and_uses_several_processes():
+class _Named(_Rec):
+    path = "broken.jpg"
+
+
+class _Fails(_Echo):
+    def predict(self, record):
+        if os.getpid() != self.parent:
+            self.flag.touch()
+            raise ValueError("broken image")
+        return super().predict(record)
+
+
+_START_METHODS = [m for m in ("fork", "spawn") if m in __import__("multiprocessing").get_all_start_methods()]
+
+
+@pytest.mark.parametrize("method", _START_METHODS)
+def test_predict_parallel_keeps_order_and_uses_the_caller_and_a_worker(tmp_path, monkeypatch, method):
+    import wsis.engine.parallel as parallel
+
+    monkeypatch.setattr(parallel, "start_method", lambda: method)
     records = [_Rec(i) for i in (5, 3, 9, 1, 7, 2)]
-    got = predict_parallel(_Echo(), records, workers=2, progress=False)
+    threads = torch.get_num_threads()
+    got = predict_parallel(_Echo(tmp_path / "flag"), records, workers=2, progress=False)
     assert list(got) == [5, 3, 9, 1, 7, 2]
     assert [v[0] for v in got.values()] == [10, 6, 18, 2, 14, 4]
     pids = {v[1] for v in got.values()}
-    assert len(pids) == 2 and os.getpid() not in pids
-    serial = predict_parallel(_Echo(), records[:2], workers=1, progress=False)
+    assert len(pids) == 2 and os.getpid() in pids  # the caller predicts too
+    assert torch.get_num_threads() == threads  # its thread count is restored
+    serial = predict_parallel(_Echo(tmp_path / "flag"), records[:2], workers=1, progress=False)
     assert {v[1] for v in serial.values()} == {os.getpid()}
+
+
+def test_predict_parallel_names_the_image_a_worker_failed_on(tmp_path):
+    with pytest.raises(RuntimeError, match=r"broken\.jpg failed in a worker:(.|\n)*broken image"):
+        predict_parallel(_Fails(tmp_path / "flag"), [_Named(1), _Named(2)], workers=2, progress=False)
 
 
 def test_prm_class_maps_are_computed_for_the_peaks_classes_only(tmp_path):
@@ -143,3 +180,111 @@ def test_prm_class_maps_are_computed_for_the_peaks_classes_only(tmp_path):
     assert 0 < len(used) <= 3
     np.testing.assert_array_equal(maps[used], full[used])
     assert not maps[[c for c in range(3) if c not in used]].any()
+
+
+class _TimmBlock(torch.nn.Module):
+    """The layer kinds of EfficientNet-Lite as timm builds them: Conv2dSame (stride 2, asymmetric
+    padding), 1x1 convs, a 5x5 depthwise conv with symmetric padding, BatchNormAct2d with ReLU6 and
+    without an activation, a residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import BatchNormAct2d, Conv2dSame
+
+        self.stem = Conv2dSame(3, 8, 3, stride=2, bias=False)
+        self.bn0 = BatchNormAct2d(8, act_layer=torch.nn.ReLU6)
+        self.expand = torch.nn.Conv2d(8, 16, 1, bias=False)
+        self.bn1 = BatchNormAct2d(16, act_layer=torch.nn.ReLU6)
+        self.dw = torch.nn.Conv2d(16, 16, 5, padding=2, groups=16, bias=False)
+        self.bn2 = BatchNormAct2d(16, act_layer=torch.nn.ReLU6)
+        self.project = torch.nn.Conv2d(16, 8, 1, bias=False)
+        self.bn3 = BatchNormAct2d(8, apply_act=False)
+        self.out_channels, self.stride = 8, 2
+
+    def forward(self, x):
+        x = self.bn0(self.stem(x))
+        return x + self.bn3(self.project(self.bn2(self.dw(self.bn1(self.expand(x))))))
+
+
+def _timm_model():
+    from wsis.cues.prm import PRMNet
+
+    torch.manual_seed(3)
+    model = PRMNet(_TimmBlock(), 3, sub_pixel_factor=2)
+    for m in model.modules():  # eval-mode batch norms with some negative scales
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(-0.5, 1.5)
+            m.bias.data.uniform_(0.0, 0.5)  # enough units above zero and some above 6 after scaling
+    return model.eval()
+
+
+def test_per_peak_loop_levers_give_the_same_maps_bit_for_bit(monkeypatch):
+    """The fused batch norm + ReLU6 Function and the 1x1 input gradient as a matrix product
+    (per-peak loop) give the maps of the loop without them bit for bit, and the vmapped pass's
+    maps within float32 rounding."""
+    import wsis.cues.peak_backprop as pb
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the matrix-product path is taken at one thread only
+    try:
+        _check_levers(pb, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_levers(pb, monkeypatch):
+    model = _timm_model()
+    image = torch.randn(1, 3, 20, 20) * 3
+    peaks, fast, crm = pb.peak_response_maps(model, image, batched=False)
+    assert len(peaks) >= 3 and fast.sum() > 0
+    image.requires_grad_(True)
+    with pb.peak_backprop(model, lazy=True):  # the levers are in the graph
+        names = set()
+        todo = [model.crm(image).grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is not None and type(fn).__name__ not in names:
+                names.add(type(fn).__name__)
+                todo += [f for f, _ in fn.next_functions]
+    assert {"_LazyAffineActBackward", "_LazyPeakConv2dBackward"} <= names
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: calls.append(1) or mm(*a))
+    pb.peak_response_maps(model, image.detach(), peaks=peaks, batched=False)
+    assert calls  # the 1x1 convs' input gradients went through torch.mm
+    monkeypatch.undo()
+
+    monkeypatch.setattr(pb, "_fused_activation_top", lambda bn: False)
+    monkeypatch.setattr(pb, "_is_pointwise", lambda *a: False)
+    p_plain, plain, c_plain = pb.peak_response_maps(model, image.detach(), batched=False)
+    assert torch.equal(p_plain, peaks) and torch.equal(c_plain, crm)
+    assert torch.equal(plain, fast)
+    monkeypatch.undo()
+    _, vmapped, _ = pb.peak_response_maps(model, image.detach(), peaks=peaks, batched=True, chunk=2)
+    torch.testing.assert_close(vmapped, fast, atol=1e-6, rtol=1e-5)
+
+
+def test_scores_and_peaks_from_one_mask_equal_the_two_passes():
+    from wsis.cues.peaks import scores_and_peaks
+    from wsis.cues.prm import peak_stimulation
+
+    model = _timm_model()
+    crm = torch.randn(1, 3, 16, 16)
+    crm[0, 1] = 0.5  # a flat map: every pixel ties with its window
+    scores, peaks, values = scores_and_peaks(model, crm)
+    want_peaks, want_values = model.find_peaks(crm)
+    assert torch.equal(scores, peak_stimulation(crm, model.win_size, model.peak_filter))
+    assert torch.equal(peaks, want_peaks) and torch.equal(values, want_values)
+
+
+def test_opencv_single_thread_restores_the_thread_count():
+    import cv2
+
+    before = cv2.getNumThreads()
+    with pytest.raises(KeyError):
+        with mask_ops.opencv_single_thread():
+            assert cv2.getNumThreads() == 1
+            raise KeyError("inside")
+    assert cv2.getNumThreads() == before

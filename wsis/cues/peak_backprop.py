@@ -190,34 +190,93 @@ class _PiecewiseLinear(torch.autograd.Function):
         return grad * slope, None, None
 
 
+def _inverse_norm(norm: torch.Tensor) -> torch.Tensor:
+    """``1 / Z`` where ``Z >= EPS``, else 0: the value of ``torch.where(norm < EPS, 0, 1 / (|Z| + EPS))``
+    in three in-place passes instead of five allocating ones (same bits)."""
+    inv = norm.abs().add_(EPS).reciprocal_()
+    return inv.masked_fill_(norm < EPS, 0.0)
+
+
+def _is_pointwise(weight: torch.Tensor, pads, stride, dilation, groups: int) -> bool:
+    """A 1x1 conv without padding, stride or groups: a matrix product over the pixels."""
+    return weight.shape[-2:] == (1, 1) and not any(pads) and tuple(stride) == (1, 1) and groups == 1
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias, pads, stride, dilation, groups: int) -> torch.Tensor:
+    """The conv of ``x`` zero-padded by ``pads`` (F.pad order). Symmetric padding is passed to the
+    conv itself rather than copied out with ``F.pad`` (the same values, bit for bit)."""
+    left, right, top, bottom = pads
+    if left == right and top == bottom:
+        return F.conv2d(x, weight, bias, stride, (top, left), dilation, groups)
+    return F.conv2d(F.pad(x, pads), weight, bias, stride, 0, dilation, groups)
+
+
 class _LazyPeakConv2d(torch.autograd.Function):
     """:class:`_PeakConv2d` for the per-peak loop (plain autograd, no vmap): the forward is the
     conv alone and saves its input; the rule's factors ``x'`` and ``1 / Z`` are computed by the
     first backward pass and kept for the next peaks. An image without peaks never pays for them,
-    and the forward pass is one conv per layer instead of two."""
+    and the forward pass is one conv per layer instead of two. At one thread, a 1x1 conv's input
+    gradient is one matrix product (``W+^T g``): there PyTorch's 1x1 conv backward takes the slow
+    THNN path, up to 7x slower at the early layers' sizes, with the same bits (with more threads
+    it takes oneDNN's, whose sums round differently, so it is kept)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, pos_weight, pads, stride, dilation, groups):
         ctx.save_for_backward(x, pos_weight)
         ctx.conf = (pads, stride, dilation, groups)
         ctx.factors = None
-        return F.conv2d(F.pad(x, pads), weight, bias, stride, 0, dilation, groups)
+        return _conv(x, weight, bias, pads, stride, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, pos_weight = ctx.saved_tensors
-        (left, right, top, bottom), stride, dilation, groups = ctx.conf
+        pads, stride, dilation, groups = ctx.conf
         if ctx.factors is None:
             shifted = x - x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
-            norm = F.conv2d(F.pad(shifted, (left, right, top, bottom)), pos_weight, None, stride, 0, dilation, groups)
-            ctx.factors = shifted, torch.where(norm < EPS, 0.0, 1.0 / (norm.abs() + EPS))
+            norm = _conv(shifted, pos_weight, None, pads, stride, dilation, groups)
+            ctx.factors = shifted, _inverse_norm(norm)
         shifted, inv_norm = ctx.factors
+        scaled = grad * inv_norm
+        if _is_pointwise(pos_weight, pads, stride, dilation, groups) and x.shape[0] == 1 and torch.get_num_threads() == 1:
+            c_out, c_in = pos_weight.shape[:2]
+            g = torch.mm(pos_weight.view(c_out, c_in).t(), scaled.reshape(c_out, -1)).view(x.shape)
+            return g.mul_(shifted), None, None, None, None, None, None, None
+        left, right, top, bottom = pads
         h, w = x.shape[-2:]
         in_shape = (x.shape[0], x.shape[1], h + top + bottom, w + left + right)
-        g = torch.nn.grad.conv2d_input(in_shape, pos_weight, grad * inv_norm, stride, 0, dilation, groups)
+        g = torch.nn.grad.conv2d_input(in_shape, pos_weight, scaled, stride, 0, dilation, groups)
         if top or bottom or left or right:
             g = g[..., top:top + h, left:left + w]
         return g * shifted, None, None, None, None, None, None, None
+
+
+class _LazyAffineAct(torch.autograd.Function):
+    """Eval-mode batch norm and its piecewise-linear activation (timm's ``BatchNormAct2d``; ReLU,
+    ReLU6 or none) for the per-peak loop, as one Function: forward ``clamp(x * scale + shift, 0,
+    top)`` (the same operations as :func:`_affine_batchnorm_forward`, in place), backward one product
+    with ``slope * scale``, computed by the first backward pass from the saved output and kept.
+    The slope is 0 or 1, so the product equals the two products it replaces bit for bit."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift, top):
+        y = x * scale[:, None, None]
+        y.add_(shift[:, None, None])
+        if top is not None:
+            y.clamp_(0.0, top)
+        ctx.save_for_backward(y if top is not None else None, scale)
+        ctx.top = top
+        ctx.factor = None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.factor is None:
+            y, scale = ctx.saved_tensors
+            if ctx.top is None:
+                ctx.factor = scale[:, None, None]
+            else:  # 0 < clamp(z, 0, top) < top exactly where 0 < z < top
+                ctx.factor = ((y > 0) & (y < ctx.top)).to(y.dtype).mul_(scale[:, None, None])
+        return grad * ctx.factor, None, None, None
 
 
 class _LazyPiecewiseLinear(torch.autograd.Function):
@@ -337,10 +396,26 @@ def _affine_batchnorm_forward(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tens
     shift = -bn.running_mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
+    if _LAZY and (top := _fused_activation_top(bn)) is not False:
+        return _LazyAffineAct.apply(x, scale, shift, top)
     y = x * scale[:, None, None] + shift[:, None, None]
     if type(bn).__name__ == "BatchNormAct2d":
         y = _activation(bn.act, bn.drop(y))
     return y
+
+
+def _fused_activation_top(bn: nn.Module) -> float | None | bool:
+    """The clamp's top of a batch norm's own activation that :class:`_LazyAffineAct` fuses (inf for
+    ReLU, 6 for ReLU6, None for a plain batch norm); False when it has another activation or a drop."""
+    if type(bn).__name__ != "BatchNormAct2d":
+        return None
+    if not isinstance(bn.drop, nn.Identity):
+        return False
+    if isinstance(bn.act, nn.Identity):
+        return None
+    if isinstance(bn.act, (nn.ReLU, nn.ReLU6)):
+        return 6.0 if isinstance(bn.act, nn.ReLU6) else float("inf")
+    return False
 
 
 def _affine_batchnorm_applies(bn: nn.Module) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from wsis.cues.prm import PRMNet, peak_stimulation
+from wsis.cues.prm import PRMNet, peak_mask, peak_mean
 
 
 def select_peak_indices(classes: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor,
@@ -47,12 +47,16 @@ def select_peaks(peaks: torch.Tensor, values: torch.Tensor, allowed: torch.Tenso
     return peaks[select_peak_indices(peaks[:, 1], values, allowed, threshold, max_per_class, keep_strongest)]
 
 
-def scored_classes(model: PRMNet, crm: torch.Tensor, class_threshold: float | None) -> torch.Tensor:
-    """(C,) bool: the classes of one image's upsampled CRM (1, C, h, w) whose peak-stimulation score
-    is >= ``class_threshold`` (all when None)."""
-    if class_threshold is None:
-        return torch.ones(crm.shape[1], dtype=torch.bool, device=crm.device)
-    return peak_stimulation(crm, model.win_size, model.peak_filter)[0] >= class_threshold
+@torch.no_grad()
+def scores_and_peaks(model: PRMNet, crm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Peak-stimulation class scores (B, C) and the peaks (K, 4) with their values (K,) of an
+    upsampled CRM, from one peak mask: the same values as ``peak_stimulation`` and
+    ``model.find_peaks``, which would each compute the mask (the median filter is a fifth of an
+    image's inference without peaks on a CPU)."""
+    mask = peak_mask(crm, model.win_size, model.peak_filter)
+    scores = peak_mean(crm, mask.to(crm.dtype))
+    peaks = mask.nonzero()
+    return scores, peaks, crm[peaks[:, 0], peaks[:, 1], peaks[:, 2], peaks[:, 3]]
 
 
 @torch.no_grad()
@@ -60,7 +64,8 @@ def crm_peaks(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | None, cl
               threshold: float | None, max_per_class: int | None = None) -> torch.Tensor:
     """Kept peaks of one image's upsampled CRM (1, C, h, w): of the ``allowed`` classes, or when None
     of the classes scoring >= ``class_threshold``."""
-    peaks, values = model.find_peaks(crm)
+    scores, peaks, values = scores_and_peaks(model, crm)
     if allowed is None:
-        allowed = scored_classes(model, crm, class_threshold)
+        allowed = (scores[0] >= class_threshold if class_threshold is not None
+                   else torch.ones(crm.shape[1], dtype=torch.bool, device=crm.device))
     return select_peaks(peaks, values, allowed, threshold, max_per_class)

@@ -80,12 +80,17 @@ def find_peaks(crm: torch.Tensor, win_size: int = 3,
     return peaks, values
 
 
+def peak_mean(crm: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:
+    """(B, C) mean of a (B, C, H, W) map at its peaks (``peaks``: the 0/1 mask in the map's dtype)."""
+    return (crm * peaks).sum(dim=(2, 3)) / peaks.sum(dim=(2, 3))
+
+
 class _PeakMean(torch.autograd.Function):
     """Mean of the map at the peaks; backward puts the upstream gradient on each peak (reference)."""
 
     @staticmethod
     def forward(crm: torch.Tensor, peaks: torch.Tensor) -> torch.Tensor:
-        return (crm * peaks).sum(dim=(2, 3)) / peaks.sum(dim=(2, 3))
+        return peak_mean(crm, peaks)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

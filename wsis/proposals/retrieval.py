@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from wsis.masks import opencv_single_thread
+
 
 @dataclass
 class RetrievalConfig:
@@ -50,8 +52,9 @@ def contour_masks(masks: np.ndarray, width: int) -> np.ndarray:
     kernel = np.ones((width, width), np.uint8)
     masks = np.ascontiguousarray(masks)
     out = np.empty(masks.shape, dtype=bool)
-    for i, m in enumerate(masks.view(np.uint8)):
-        cv2.morphologyEx(m, cv2.MORPH_GRADIENT, kernel, dst=out[i].view(np.uint8))
+    with opencv_single_thread():  # one small image per call: OpenCV's pool costs more than it gives
+        for i, m in enumerate(masks.view(np.uint8)):
+            cv2.morphologyEx(m, cv2.MORPH_GRADIENT, kernel, dst=out[i].view(np.uint8))
     return out
 
 

@@ -34,8 +34,8 @@ from wsis import masks as mask_ops
 from wsis.backbones import create_backbone
 from wsis.config import load_config, to_dict
 from wsis.cues.peak_backprop import peak_response_maps
-from wsis.cues.peaks import crm_peaks
-from wsis.cues.prm import PRMNet, peak_stimulation, prm_loss, prm_optimizer
+from wsis.cues.peaks import scores_and_peaks, select_peaks
+from wsis.cues.prm import PRMNet, prm_loss, prm_optimizer
 from wsis.data.images import load_image
 from wsis.data.torch_data import TagDataset, resize_square
 from wsis.engine import Trainer
@@ -190,12 +190,11 @@ class PRMPredictor(Predictor):
         """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2 (with the
         calibrated per-class thresholds when the run has them); the image's top class score is kept for
         :meth:`why_empty`."""
-        with torch.no_grad():
-            scores = peak_stimulation(crm, self.model.win_size, self.model.peak_filter)[0]
+        scores, peaks, values = scores_and_peaks(self.model, crm)
+        scores = scores[0]
         self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
         allowed = scores >= self.class_thresholds().to(scores.device)
-        return crm_peaks(self.model, crm, allowed, None, self.cfg.test.peak_threshold,
-                         self.cfg.test.max_peaks_per_class)
+        return select_peaks(peaks, values, allowed, self.cfg.test.peak_threshold, self.cfg.test.max_peaks_per_class)
 
     def why_empty(self, image_ids: Sequence[int]) -> str:
         """The top class score over the images against ``test.class_threshold``."""
