@@ -220,6 +220,30 @@ def test_every_dasnet_key_is_read(tmp_path, monkeypatch):
     _assert_all_read(dasnet.DASNetConfig, reads)
 
 
+@pytest.mark.slow  # ~60 s on the shared 2-core machine
+def test_every_labelpenet_key_is_read(tmp_path, monkeypatch):
+    import wsis.cues.crf as crf
+    import wsis.methods.labelpenet as labelpenet
+    from test_labelpenet import TINY, _schedules
+
+    reads = _Reads()
+    records = _scenes(tmp_path, n=3)
+    # the backbone is unfrozen in forward-backward learning (model.train_backbone_curriculum), and
+    # the segmentation module's predictions are refined by the CRF (test.refine_masks)
+    overrides = TINY + _schedules(1, 2) + ["model.train_backbone_curriculum=true", "test.refine_masks=false"]
+    with recording(monkeypatch, labelpenet, reads):
+        predictor = labelpenet.fit(records, overrides=overrides, workdir=tmp_path / "run")
+        for module in ("classification", "detection", "refinement", "segmentation"):
+            predictor.predict(records[0], module=module)
+        predictor.cfg.test.refine_masks = True
+        predictor.predict(records[0], module="segmentation")
+    unused = set()
+    if not crf.crf_available():  # the CRF's kernels are read only where pydensecrf runs
+        unused = {f"crf.{k}" for k in ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
+                                      "bilateral_compat")}
+    _assert_all_read(labelpenet.LabelPENetConfig, reads, unused)
+
+
 # ---------------------------------------------------------------- one name, one level
 
 def _config_class(name: str) -> type:

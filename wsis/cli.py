@@ -346,10 +346,16 @@ def _relabel(inst, to_data: dict[int, int]):
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from wsis.methods.wise import pseudo_label
-
     records = _load(args.data, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.method == "labelpenet":
+        from wsis.methods.labelpenet import export_pseudo_labels
+
+        n = export_pseudo_labels(args.workdir, args.module, records.records, args.out)
+        print(f"{n} pseudo instances ({args.module} module) on {len(records)} images -> {args.out}")
+        return 0
+    from wsis.methods.wise import pseudo_label
+
     labels = pseudo_label(records, config=config_path("wise", args.config), overrides=args.overrides, workdir=args.workdir,
                           out=args.out, mode=args.mode, epoch=args.epoch)
     print(f"{labels.num_instances} pseudo instances on {len(labels)} images -> {args.out}")
@@ -421,9 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["coco", "voc", "folder"], default="coco")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("pseudo-label", help="WISE pseudo masks (PRM peaks -> proposals) as COCO json for any detector")
+    p = sub.add_parser("pseudo-label", help="pseudo masks as COCO json for any detector: WISE's (PRM peaks -> "
+                                            "proposals), or a trained Label-PEnet module's calibrated outputs")
     _add_dataset_args(p)
     p.add_argument("--workdir", required=True, type=Path, help="run folder; the PRM stage trains in WORKDIR/prm")
+    p.add_argument("--method", choices=["wise", "labelpenet"], default="wise")
+    p.add_argument("--module", choices=["classification", "detection", "refinement"], default="refinement",
+                   help="labelpenet: whose stored outputs (the next module's supervision) to export")
     p.add_argument("--config", help="YAML config of the wise method, by name ('cpu') or path")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--mode", choices=["argmax", "sample"], default="argmax",

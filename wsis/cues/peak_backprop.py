@@ -298,6 +298,42 @@ class _LazyPiecewiseLinear(torch.autograd.Function):
         return grad * ctx.slope, None
 
 
+class _WinnerLinear(torch.autograd.Function):
+    """The rule for a fully connected layer (Excitation BP's fc layers, the same marginal winning
+    probabilities): forward ``x W^T + b``; backward ``((g / Z) relu(W)) * x'`` with
+    ``x' = x - min(x)`` per sample and ``Z = x' relu(W)^T``. A product and two matmuls: vmap batches it."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, pos_weight, shifted, inv_norm):
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[3], inputs[4], inputs[5])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pos_weight, shifted, inv_norm = ctx.saved_tensors
+        return (grad * inv_norm) @ pos_weight * shifted, None, None, None, None, None
+
+
+def winner_linear_factors(x: torch.Tensor, pos_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule's factors of a fully connected layer: ``x'`` (per-sample shift to a zero minimum)
+    and ``1 / Z`` (0 where ``Z < EPS``), as for a conv."""
+    shifted = x - x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
+    norm = F.linear(shifted, pos_weight)
+    return shifted, torch.where(norm < EPS, 0.0, 1.0 / (norm.abs() + EPS))
+
+
+def _winner_linear_forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        pos_weight = layer.weight.detach().clamp(min=0)
+        shifted, inv_norm = winner_linear_factors(x.detach(), pos_weight)
+    return _WinnerLinear.apply(x, layer.weight, layer.bias, pos_weight, shifted, inv_norm)
+
+
 # Loop mode (one plain backward per peak) builds the graph from the lazy Functions above; the
 # batched modes need the vmap-compatible ones. Set by :func:`peak_backprop`.
 _LAZY = False
@@ -388,11 +424,13 @@ def _affine_batchnorm_applies(bn: nn.Module) -> bool:
 
 
 @contextmanager
-def peak_backprop(model: nn.Module, lazy: bool = False) -> Iterator[nn.Module]:
+def peak_backprop(model: nn.Module, lazy: bool = False, linear: bool = False) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode and give every Conv2d the peak-backprop backward rule; restore
     both on exit. Conv weights are read on entry (the rule is for inference only). ``lazy``: the
     graph is for plain (not vmapped) backward passes, which then compute the rule's factors on
-    first use (:class:`_LazyPeakConv2d`)."""
+    first use (:class:`_LazyPeakConv2d`). ``linear``: every ``nn.Linear`` gets the same rule
+    (:class:`_WinnerLinear`) -- Excitation BP through fully connected heads
+    (:mod:`wsis.cues.excitation`); PRM's networks have none on the CRM's path."""
     global _LAZY
     was_training = model.training
     model.eval()
@@ -404,6 +442,9 @@ def peak_backprop(model: nn.Module, lazy: bool = False) -> Iterator[nn.Module]:
                 # An instance attribute shadows the class's forward; nn.Module.__call__ looks it up.
                 patched.append((module, module.__dict__.get("forward")))
                 module.forward = partial(_fast_peak_conv_forward, module, _positive_twin(module))
+            elif linear and isinstance(module, nn.Linear):
+                patched.append((module, module.__dict__.get("forward")))
+                module.forward = partial(_winner_linear_forward, module)
             elif _affine_batchnorm_applies(module):
                 patched.append((module, module.__dict__.get("forward")))
                 module.forward = partial(_affine_batchnorm_forward, module)

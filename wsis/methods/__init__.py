@@ -21,6 +21,7 @@ METHODS: dict[str, str] = {
     "maskrcnn": "wsis.methods.maskrcnn",
     "pdsl": "wsis.methods.pdsl",
     "dasnet": "wsis.methods.dasnet",
+    "labelpenet": "wsis.methods.labelpenet",
 }
 
 

@@ -1,0 +1,119 @@
+"""Label-PEnet end to end on tiny synthetic scenes: cascaded pre-training and forward-backward learning
+killed mid-stage and resumed give bit-identical weights with nothing recomputed; predict, reload,
+pseudo-label export; and (slow) the detection module improves on the classification module."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wsis.engine.trainer import Trainer
+
+torch.set_num_threads(1)
+
+MODULES = ("classification", "detection", "refinement", "segmentation")
+TINY = ["model.pretrained=false", "model.hidden=32", "model.aspp_channels=8", "model.anchor_sizes=[16,32,64]",
+        "model.rpn_pre_nms_top_n_train=64", "model.rpn_post_nms_top_n_train=32", "model.rpn_pre_nms_top_n_test=64",
+        "model.rpn_post_nms_top_n_test=32", "model.box_batch_size_per_image=32", "data.scales=[64,80]",
+        "data.max_size=96", "calibration.test_size=64", "test.size=64", "proposals.method=superpixel",
+        "proposals.settings={max_side: 64, max_proposals: 40}", "crf.iterations=2", "device=cpu"]
+
+
+def _schedules(steps: int, fb: int) -> list[str]:
+    out = [f"schedule.{m}={{iterations: {steps}, batch_size: 2, lr: 0.01, checkpoint_every: 1, log_every: 1}}"
+           for m in MODULES]
+    return out + [f"schedule.forward_backward={{iterations: {fb}, batch_size: 2, lr: 0.001, checkpoint_every: 1, log_every: 1}}"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(monkeypatch, step: int) -> None:
+    """The process 'dies' when the ``step``-th training step of the run (over all stages) starts."""
+    original = Trainer._train_step
+    count = {"n": 0}
+
+    def train_step(self, batch):
+        count["n"] += 1
+        if count["n"] == step:
+            raise _Killed
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", train_step)
+
+
+def test_kill_and_resume_both_phases_is_bit_identical(tmp_path, monkeypatch):
+    from wsis.data.synthetic import make_scenes
+    from wsis.methods import get_method, load_trained
+    from wsis.methods.labelpenet import export_pseudo_labels
+
+    records = make_scenes(tmp_path / "data", num_images=3, image_size=(64, 64), seed=3)
+    lp = get_method("labelpenet")
+    over = TINY + [f"proposals.cache_dir={tmp_path / 'proposals'}"] + _schedules(2, 4)
+    whole = lp.fit(records, None, over, tmp_path / "whole")
+    # killed in the detection module's second step (4th step of the run) ...
+    with monkeypatch.context() as m:
+        _kill_at(m, 4)
+        with pytest.raises(_Killed):
+            lp.fit(records, None, over, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "classification" / "outputs").is_dir()
+    # ... then in forward-backward learning's 3rd iteration (a backward phase done, a forward one next)
+    with monkeypatch.context() as m:
+        _kill_at(m, 1 + 2 + 2 + 2 + 1)  # detection step 2 again, the other stages, fb steps 1-2
+        with pytest.raises(_Killed):
+            lp.fit(records, None, over, tmp_path / "resumed")
+    resumed = lp.fit(records, None, over, tmp_path / "resumed")
+    a, b = whole.net.state_dict(), resumed.net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((tmp_path / "resumed" / "method.json").read_text())
+    assert all(meta["modules"][m]["labelled_this_run"] == 0 for m in MODULES[:-1])  # nothing recomputed
+    assert meta["forward_backward"] == {"iterations": 4}
+    log = [json.loads(x) for x in (tmp_path / "resumed" / "forward_backward" / "log.jsonl").read_text().splitlines()]
+    steps = [x for x in log if x.get("event") == "step"]
+    assert any("bw_classification_loss_single_label" in x for x in steps)
+    assert any("fw_segmentation_loss_mask" in x for x in steps)
+    for m in MODULES[:-1]:
+        files = sorted(p.name for p in (tmp_path / "resumed" / m / "outputs").glob("*.npz"))
+        assert files == sorted(f"{r.image_id}.npz" for r in records)
+
+    again = load_trained(tmp_path / "whole")
+    for module in MODULES:
+        p = whole.predict(records[0], module=module)
+        q = again.predict(records[0], module=module)
+        assert p.image_size == (64, 64) and p.has_masks
+        np.testing.assert_allclose(p.scores, q.scores, rtol=1e-5)
+        assert set(p.labels.tolist()) <= set(records.categories)
+    n = export_pseudo_labels(tmp_path / "whole", "detection", records.records, tmp_path / "pseudo.json")
+    written = json.loads((tmp_path / "pseudo.json").read_text())
+    assert n == len(written) and n >= len(records)  # every tagged class has a candidate
+    assert {d["image_id"] for d in written} == {r.image_id for r in records}
+
+
+@pytest.mark.slow  # ~2.5 min on the shared 2-core machine (load ~6)
+@pytest.mark.xfail(strict=True, reason="measured: on 60 iterations per module the classification module does not "
+                   "learn (Eq. 2 loss flat) and the detection module trained on its candidates does not beat it; "
+                   "benchmarks/results/labelpenet_synthetic.md. strict: remove this mark once it passes")
+def test_cascade_detection_module_improves_box_ap_on_classification(tmp_path):
+    """Trained for real (ImageNet Lite0, 8 scenes): the detection module, trained on the
+    classification module's calibrated boxes, localises the scenes' objects better than the
+    classification module (box AP@0.5 on the training scenes themselves, whose boxes training never
+    sees: weakly supervised localisation is scored on its training images, as CorLoc is)."""
+    from wsis.data.synthetic import make_scenes
+    from wsis.eval.detection import detection_ap
+    from wsis.methods import get_method
+
+    records = make_scenes(tmp_path / "data", num_images=8, image_size=(96, 96), seed=5)
+    steps = {"classification": 60, "detection": 60, "refinement": 0, "segmentation": 0}
+    over = [f"proposals.cache_dir={tmp_path / 'proposals'}", "device=cpu", "data.scales=[160,192]",
+            "data.max_size=224", "calibration.test_size=176", "test.size=176", "model.hidden=256",
+            "model.rpn_post_nms_top_n_test=64", "proposals.settings={max_side: 96, max_proposals: 150}",
+            "schedule.forward_backward.iterations=0"]
+    over += [f"schedule.{m}={{iterations: {n}, batch_size: 2, lr: 0.005, warmup_iterations: 5, log_every: 20}}"
+             for m, n in steps.items()]
+    predictor = get_method("labelpenet").fit(records, "demo_labelpenet.yaml", over, tmp_path / "run")
+    ap = {m: detection_ap(records, {r.image_id: predictor.predict(r, module=m) for r in records}, 0.5)["mAP"]
+          for m in ("classification", "detection")}
+    assert ap["detection"] > ap["classification"], ap
