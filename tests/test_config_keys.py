@@ -184,6 +184,9 @@ def test_every_wise_key_is_read(tmp_path, monkeypatch):
                                  "pseudo.max_peaks_per_class=2"]
     with recording(monkeypatch, wise, reads, stages={prm: "prm."}):
         wise.fit(records, overrides=overrides, workdir=tmp_path / "run").predict_records(records, progress=False)
+        # the PRM stage's photo recipe (frozen cached backbone) reads the rest of prm.model / prm.data
+        frozen = ["prm.model.frozen_backbone=true", "prm.model.class_prior=imagenet", "schedule.iterations=1"]
+        wise.fit(records, overrides=overrides + frozen, workdir=tmp_path / "frozen")
     # the PRM stage's own sections beyond WISE's prm.{model,data,schedule} are not WISE's keys
     _assert_all_read(wise.WiseMethodConfig, reads)
 
