@@ -1,5 +1,6 @@
 """WISE benchmark rows (../shared/BENCHMARK.md): WISE, WISE+refine and the fully supervised
-reference (Mask R-CNN on the ground-truth masks, same detector and schedule), trained on coco128,
+reference (Mask R-CNN on the ground-truth masks, same detector and schedule), trained on coco128 +
+coco-train83 (211 images; ``--coco128-only`` for the former 128),
 scored on coco-val50 with both protocols on all 80 classes and the VOC20 subset, with the weak/full
 ratio on mAP^r@0.5, training time and inference seconds per image (median; WISE+refine with and
 without proposal generation). Writes ``<out>.json`` and prints the Markdown table.
@@ -9,7 +10,7 @@ without proposal generation). Writes ``<out>.json`` and prints the Markdown tabl
 
 ``key=value`` overrides apply to both runs when the key exists in both configs (model.*,
 schedule.*, data.*, device, seed ...) and to WISE only otherwise (prm.*, pseudo.*). Both runs
-resume from ``--workdir`` when interrupted.
+resume from ``--workdir`` when interrupted; a finished one is loaded.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 
-from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib
+from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.detectors.refine import refine_with_proposals
@@ -72,21 +73,33 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/wise")
     parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
+    parser.add_argument("--coco128-only", action="store_true", help="train on --train alone (before 2026-12-02)")
+    parser.add_argument("--reference-result", type=Path,
+                        help="bench_reference.py's json for the same reference model and validation set: its "
+                             "coco-val50 scores and s/image are used instead of predicting again (no refined row)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    train, val = load_dataset(args.train), load_dataset(args.val)
+    train = load_dataset(args.train) if args.coco128_only else load_train_set()
+    val = load_dataset(args.val)
     if args.train_limit:
         train = train.subset([r.image_id for r in train][: args.train_limit])
     if args.limit:
         val = val.subset([r.image_id for r in val][: args.limit])
     shared = [o for o in args.overrides if not o.startswith(WISE_ONLY)]
     runs = {}
-    for name, module, config, overrides in (("wise", wise, args.wise_config, args.overrides),
-                                           ("maskrcnn", maskrcnn, args.reference_config, shared)):
+    todo = [("wise", wise, args.wise_config, args.overrides)]
+    if args.reference_result:
+        runs["maskrcnn"] = reference_from_result(args.reference_result, val)
+    else:
+        todo.append(("maskrcnn", maskrcnn, args.reference_config, shared))
+    for name, module, config, overrides in todo:
         workdir = args.workdir / name
         started = time.perf_counter()
-        predictor = module.fit(train, config, overrides, workdir)
+        # a finished run (e.g. the reference trained by bench_reference.py into this workdir) is
+        # loaded, not refitted: refitting would overwrite its recorded training time
+        finished = (workdir / "method.json").is_file()
+        predictor = module.load(workdir) if finished else module.fit(train, config, overrides, workdir)
         fit_seconds = time.perf_counter() - started
         predictor.refine = False
         meta = json.loads((workdir / "method.json").read_text())
@@ -101,13 +114,27 @@ def main() -> None:
             "plain": scores(val, timed["plain"]),
             "refined": scores(val, timed["refined"]),
         }
-    result = {"commit": commit(), "val_images": len(val), "runs": runs, "peak_rss_mib": peak_rss_mib(),
+    result = {"commit": commit(), "command": " ".join(["bench_wise.py", *__import__("sys").argv[1:]]),
+              "train_set": train.name, "val_images": len(val), "runs": runs, "peak_rss_mib": peak_rss_mib(),
               "machine": machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
         json.dump(result, f, indent=2)
     print(markdown(result))
 
+
+
+def reference_from_result(path: Path, val) -> dict:
+    """The reference run in the layout of ``runs[...]`` from a bench_reference.py result (which
+    scored the same model on the same validation set); it has no refined predictions."""
+    ref = json.loads(path.read_text())
+    if ref.get("val_images") != len(val) or ref["on_val"]["all80"]["images"] != len(val):
+        raise SystemExit(f"{path}: scored {ref.get('val_images')} validation images, this run has {len(val)}")
+    return {"method": "maskrcnn", "config": ref["config"], "overrides": ref.get("overrides", []),
+            "from": str(path), "train": {"images": ref["train"]["images"], "signal": "ground-truth masks",
+                                         "steps": ref["train"]["steps"], "seconds_detector": ref["train"]["seconds"],
+                                         "seconds_prm": None},
+            "inference": {"median_s": ref["inference_median_s"]}, "plain": ref["on_val"], "refined": None}
 
 
 def markdown(r: dict) -> str:
@@ -118,12 +145,16 @@ def markdown(r: dict) -> str:
             ("WISE+refine", w, "refined", w["inference"]["median_s_refine_including_proposals"]),
             ("Mask R-CNN (full supervision)", m, "plain", m["inference"]["median_s"])]
     for label, run, kind, seconds in rows:
+        if run[kind] is None:
+            continue
         train_s = (run["train"]["seconds_detector"] or 0) + (run["train"]["seconds_prm"] or 0)
+        # the detector section is `model` since the config skeleton, `detector` in older results
+        backbone = (run["config"].get("model") or run["config"]["detector"])["backbone"]
         for subset in ("all80", "voc20"):
             v, c = run[kind][subset]["voc"], run[kind][subset]["coco"]
             full = m["plain"][subset]["voc"]["mAP"]["0.5"]
             ratio = "-" if not full else f"{v['mAP']['0.5'] / full:.2f}"
-            lines.append(f"| {label} ({run['config']['detector']['backbone']}) | {subset} | {pct(v['mAP']['0.25'])} | "
+            lines.append(f"| {label} ({backbone}) | {subset} | {pct(v['mAP']['0.25'])} | "
                          f"{pct(v['mAP']['0.5'])} | {pct(v['mAP']['0.7'])} | {pct(v['mAP']['0.75'])} | "
                          f"{pct(v['abo'])} | {pct(c['AP'])} | {pct(c['AP50'])} | {pct(c['AP75'])} | {ratio} | "
                          f"{train_s:.0f} | {seconds:.2f} |")

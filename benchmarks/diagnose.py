@@ -18,6 +18,11 @@ row of ``benchmarks/results/diagnose.md``, on all 80 classes and on the VOC20 su
 Each run adds or replaces its row (``--name``) in ``diagnose.json`` and rewrites ``diagnose.md``.
 
     python benchmarks/diagnose.py --workdir runs/prm_baseline --name "PRM baseline" [--thresholds T.json]
+
+``--stage-cache DIR`` keeps each image's peak stage (class scores, the top ``--cache-max-peaks`` peaks
+per class with their values and PRMs, the class maps) on disk, keyed by the class layer's weights,
+the image, the thresholds and the peak rule: rows that differ only in the test stage (peaks per class,
+relative peak threshold, retrieval score, NMS; ``key=value`` overrides) then skip the backward passes.
 """
 from __future__ import annotations
 
@@ -33,14 +38,14 @@ from common import ROOT, VAL_JSON, commit, peak_rss_mib
 
 from wsis import masks as mask_ops
 from wsis.cues.peak_backprop import peak_response_maps
-from wsis.cues.peaks import select_peaks
+from wsis.cues.peaks import select_peak_indices
 from wsis.cues.prm import peak_stimulation
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
 from wsis.eval.subsets import voc20_ids
 from wsis.eval.tags import tag_map, threshold_precision_recall
-from wsis.proposals.retrieval import proposal_scores, select_instances
+from wsis.proposals.retrieval import contour_masks, proposal_scores, select_instances
 from wsis.structures import Instances
 
 RESULTS = ROOT / "benchmarks/results/diagnose"
@@ -70,11 +75,33 @@ def peak_image_coords(peaks: np.ndarray, crm_hw: tuple[int, int], model, size: i
     return np.stack([ys, xs], axis=1)
 
 
-def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
-    """Everything the rows need from one image."""
+def peak_stage_key(pred, record, thresholds: np.ndarray, max_peaks: int | None) -> str:
+    """Everything the peak stage of one image depends on: the trained weights, the image, the
+    thresholds, the classifier's resolution, the peak rule (without the per-class cap, which is
+    applied afterwards from the values: the top-k of a class are a prefix of its top-(k+n))."""
+    import hashlib
+
     cfg = pred.cfg
-    image = load_image(record.path)
-    h, w = image.shape[:2]
+    h = hashlib.sha1()
+    h.update(pred.model.classifier.weight.detach().cpu().numpy().tobytes())
+    h.update(Path(record.path).read_bytes())
+    h.update(np.asarray(thresholds, np.float64).tobytes())
+    h.update(repr((cfg.data.image_size, cfg.test.peak_threshold, max_peaks, sorted(record.tags))).encode())
+    return h.hexdigest()[:20]
+
+
+def peak_stage(pred, record, image: np.ndarray, thresholds: np.ndarray, cache: Path | None,
+               max_peaks: int | None) -> dict:
+    """Class scores, the kept peaks (of the passed and the ground-truth classes, at most ``max_peaks``
+    per class) with their CRM values and PRMs, and the class maps of the peaks' classes at the
+    classifier's resolution; read from ``cache`` when it has them (the backward passes are the cost)."""
+    path = None
+    if cache is not None:
+        path = cache / f"{record.image_id}-{peak_stage_key(pred, record, thresholds, max_peaks)}.npz"
+        if path.is_file():
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+    cfg = pred.cfg
     x = pred.prepare(image)
     cat_ids = np.asarray(pred.category_ids)
     gt_cols = np.isin(cat_ids, np.asarray(record.tags, dtype=np.int64))
@@ -87,36 +114,103 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         holder["passed"] = passed
         peaks, values = pred.model.find_peaks(crm)
         allowed = torch.from_numpy(passed | gt_cols).to(crm.device)
-        return select_peaks(peaks, values, allowed, cfg.test.peak_threshold, cfg.test.max_peaks_per_class)
+        idx = select_peak_indices(peaks[:, 1], values, allowed, cfg.test.peak_threshold, max_peaks)
+        holder["values"] = values[idx].cpu().numpy()
+        return peaks[idx]
 
     batched = cfg.test.peak_backprop == "batched" or (cfg.test.peak_backprop == "auto" and pred.device.type == "cuda")
     peaks, prms, crm = peak_response_maps(pred.model, x, select=select, batched=batched)
     s = x.shape[-1]
-    class_maps = torch.nn.functional.interpolate(crm[None], size=(s, s), mode="bicubic", align_corners=False)[0]
-    peaks_np, prms, class_maps = peaks.cpu().numpy(), prms.cpu().numpy(), class_maps.cpu().numpy()
-    props = pred.proposals(record)
+    peaks_np = peaks.cpu().numpy()
+    used = np.unique(peaks_np[:, 1]) if len(peaks_np) else np.zeros(0, np.int64)
+    class_maps = np.zeros((len(used), s, s), np.float32)
+    if len(used):
+        up = torch.nn.functional.interpolate(crm[torch.from_numpy(used)][None], size=(s, s), mode="bicubic",
+                                             align_corners=False)[0]
+        class_maps = up.cpu().numpy()
+    out = {"scores": holder["scores"], "passed": holder["passed"], "gt_cols": gt_cols, "peaks": peaks_np,
+           "values": holder["values"], "prms": prms.cpu().numpy().astype(np.float32), "used": used,
+           "class_maps": class_maps, "crm_hw": np.asarray(crm.shape[-2:]), "size": np.asarray(s)}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(path)
+    return out
+
+
+def cap_peaks(stage: dict, max_per_class: int | None, relative: float | None = None) -> np.ndarray:
+    """Indices of the stage's peaks kept with at most ``max_per_class`` per class (highest value first)
+    and none below ``relative`` times its class's strongest (the same rule as inference: the stage
+    holds each class's top peaks, so its strongest too)."""
+    classes = torch.from_numpy(stage["peaks"][:, 1]) if len(stage["peaks"]) else torch.zeros(0, dtype=torch.long)
+    values = torch.from_numpy(stage["values"])
+    allowed = torch.ones(int(classes.max()) + 1 if len(classes) else 1, dtype=torch.bool)
+    return select_peak_indices(classes, values, allowed, None, max_per_class, relative=relative).numpy()
+
+
+def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = None,
+                  cache_max_peaks: int | None = None, memo: dict | None = None) -> dict:
+    """Everything the rows need from one image. ``memo`` (a dict per image) keeps what does not depend
+    on the retrieval settings (the image, its proposals at both resolutions, their IoU with the ground
+    truth) across calls with several settings (benchmarks/tune_retrieval.py)."""
+    cfg = pred.cfg
+    memo = {} if memo is None else memo
+    if "image" not in memo:
+        memo["image"] = load_image(record.path)
+    image = memo["image"]
+    h, w = image.shape[:2]
+    cache_max = cfg.test.max_peaks_per_class if cache is None else cache_max_peaks
+    if cache_max is not None and cfg.test.max_peaks_per_class is not None and cfg.test.max_peaks_per_class > cache_max:
+        raise SystemExit(f"max_peaks_per_class={cfg.test.max_peaks_per_class} > --cache-max-peaks {cache_max}")
+    stage = peak_stage(pred, record, image, thresholds, cache, cache_max)
+    keep = cap_peaks(stage, cfg.test.max_peaks_per_class, cfg.test.peak_relative_threshold)
+    peaks_np, prms = stage["peaks"][keep], stage["prms"][keep]
+    s = int(stage["size"])
+    class_maps = np.zeros((len(pred.category_ids), s, s), np.float32)
+    class_maps[stage["used"]] = stage["class_maps"]
+    crm_hw = tuple(int(v) for v in stage["crm_hw"])
+    cat_ids = np.asarray(pred.category_ids)
+    gt_cols = stage["gt_cols"]
+    holder = {"scores": stage["scores"], "passed": stage["passed"]}
+    if "props" not in memo:
+        memo["props"] = pred.proposals(record)
+    props = memo["props"]
     out = {"scores": holder["scores"], "passed": holder["passed"], "gt_cols": gt_cols}
     gt = record.gt
     gt_keep = ~record.crowd if gt is not None else np.zeros(0, bool)
     gt_rles = [m for m, k in zip(gt.masks, gt_keep) if k] if gt is not None and len(gt) else []
     gt_labels = gt.labels[gt_keep] if gt is not None and len(gt) else np.zeros(0, np.int64)
     # (c) ceiling among the proposals retrieval may pick (size limits)
-    areas = mask_ops.area(props.masks) if props.masks else np.zeros(0)
+    if "areas" not in memo:
+        memo["areas"] = mask_ops.area(props.masks) if props.masks else np.zeros(0)
+    areas = memo["areas"]
     lo, hi = cfg.test.retrieval.size_limit
     pickable = (areas >= lo * h * w) & (areas < hi * h * w)
     if cfg.test.retrieval.proposal_count is not None:
         pickable[cfg.test.retrieval.proposal_count:] = False
-    iou = mask_ops.iou(props.masks, gt_rles) if gt_rles and props.masks else np.zeros((len(areas), len(gt_rles)))
+    if "iou" not in memo:
+        memo["iou"] = (mask_ops.iou(props.masks, gt_rles) if gt_rles and props.masks
+                       else np.zeros((len(areas), len(gt_rles))))
+    iou = memo["iou"]
     best_iou = np.where(pickable[:, None], iou, 0).max(axis=0) if len(areas) else np.zeros(len(gt_rles))
-    out["ceiling"] = {"labels": gt_labels, "best_iou": best_iou}
+    # peaked: instances with a peak of their class inside (set below): the ABO retrieval could reach
+    # with these peaks if each picked its instance's best proposal
+    out["ceiling"] = {"labels": gt_labels, "best_iou": best_iou, "peaked": np.zeros(len(gt_rles), bool)}
     out["preds"] = {}
     out["retrieval"] = []
     if len(peaks_np) == 0 or props.masks is None or len(props) == 0:
         for kind in ("predicted", "oracle"):
             out["preds"][kind] = Instances((h, w), masks=[])
         return out
-    small = mask_ops.resize_nearest(props.mask_array(), s, s)
-    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.test.retrieval)
+    if "small" not in memo:
+        memo["small"] = mask_ops.decode_resized(props.masks, props.image_size, s, s)
+    small = memo["small"]
+    contour_key = ("contours", cfg.test.retrieval.contour_width)
+    if contour_key not in memo:
+        memo[contour_key] = contour_masks(small, cfg.test.retrieval.contour_width)
+    contours = memo[contour_key]
+    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.test.retrieval, contours)
     for kind, cols in (("predicted", holder["passed"]), ("oracle", gt_cols)):
         sel = np.flatnonzero(cols[peaks_np[:, 1]])
         if len(sel) == 0:
@@ -129,14 +223,17 @@ def analyse_image(pred, record, thresholds: np.ndarray) -> dict:
         out["preds"][kind] = Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels,
                                        scores=found.scores, masks=chosen)
     # (d) per oracle peak, before NMS
-    gt_dense = mask_ops.decode_many(gt_rles, (h, w)) if gt_rles else np.zeros((0, h, w), bool)
+    if "gt_dense" not in memo:
+        memo["gt_dense"] = mask_ops.decode_many(gt_rles, (h, w)) if gt_rles else np.zeros((0, h, w), bool)
+    gt_dense = memo["gt_dense"]
     gt_area = gt_dense.reshape(len(gt_dense), -1).sum(axis=1)
-    coords = peak_image_coords(peaks_np, crm.shape[-2:], pred.model, s, (h, w))
+    coords = peak_image_coords(peaks_np, crm_hw, pred.model, s, (h, w))
     for k in np.flatnonzero(gt_cols[peaks_np[:, 1]]):
         label = cat_ids[peaks_np[k, 1]]
         y, xx = coords[k]
         inside = [g for g in range(len(gt_rles)) if gt_labels[g] == label and gt_dense[g, y, xx]]
         entry = {"label": int(label), "inside": bool(inside)}
+        out["ceiling"]["peaked"][inside] = True
         if inside and np.isfinite(scores[k]).any():
             g = min(inside, key=lambda i: gt_area[i])
             picked = int(np.argmax(scores[k]))
@@ -169,8 +266,12 @@ def summarise(per_image: list[dict], records, categories, cat_ids: np.ndarray, t
             row[kind]["coco"] = {k: full["coco"].get(k) for k in ("AP", "AP50", "AP75")}
     best = np.concatenate([p["ceiling"]["best_iou"][np.isin(p["ceiling"]["labels"], list(keep_ids))]
                            for p in per_image])
+    peaked = np.concatenate([p["ceiling"]["peaked"][np.isin(p["ceiling"]["labels"], list(keep_ids))]
+                             for p in per_image])
     row["ceiling"] = {"ABO": float(best.mean()) if len(best) else 0.0,
-                      "recall_0.5": float((best >= 0.5).mean()) if len(best) else 0.0, "instances": len(best)}
+                      "recall_0.5": float((best >= 0.5).mean()) if len(best) else 0.0, "instances": len(best),
+                      "peaked": float(peaked.mean()) if len(best) else 0.0,
+                      "peak_bound_ABO": float((best * peaked).mean()) if len(best) else 0.0}
     peaks = [e for p in per_image for e in p["retrieval"] if e["label"] in keep_ids]
     scored = [e for e in peaks if "picked_iou" in e]
     missed = [e for e in scored if not e["is_best"]]
@@ -189,21 +290,25 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
-def markdown(rows: dict) -> str:
-    lines = ["# Stage-by-stage diagnosis on coco-val50 (issue 11)", "",
+def markdown(rows: dict, out: Path = RESULTS) -> str:
+    """The table of ``rows``, then the hand-written reading ``<out>_reading.md`` when there is one."""
+    where = "coco-val50" if out.name == "diagnose" else f"the images of {out.name}.json's commands (--val)"
+    lines = [f"# Stage-by-stage diagnosis on {where} (issue 11)", "",
              "Rows are analysis, not benchmark numbers: *oracle tags* gives the ground-truth tags at test time. "
-             "Each row's command is in `diagnose.json`. Columns: (a) tag mAP of the class scores, precision / "
+             f"Each row's command is in `{out.name}.json`. Columns: (a) tag mAP of the class scores, precision / "
              "recall of the (image, class) pairs passing the class threshold; real mAP^r@0.25 / @0.5 / ABO with the "
              "predicted tags; (b) the same with oracle tags; (c) proposal ceiling: ABO and recall@0.5 of the best "
              "pickable proposal per instance; (d) peaks of GT classes inside an instance of their class, how often "
              "retrieval picks that instance's best proposal, the mean IoU lost when not, mean picked / best IoU, "
-             "median picked-area / instance-area.", ""]
+             "median picked-area / instance-area; instances with a peak of their class inside and the *peak bound*: "
+             "the ABO if each of them got its best pickable proposal and the others nothing (rows measured before "
+             "this column: -).", ""]
     head = ("| row | classes | (a) tag mAP | (a) P / R at thr | mAP^r .25 / .5 / ABO | (b) oracle .25 / .5 / ABO | "
             "(c) ceiling ABO / R@.5 | (d) in inst. | (d) picks best | (d) IoU lost | (d) picked / best IoU | "
-            "(d) area ratio |")
-    lines += [head, "|" + "---|" * 12]
+            "(d) area ratio | (d) peaked inst. / peak bound ABO |")
+    lines += [head, "|" + "---|" * 13]
     for name, r in rows.items():
-        for subset in ("all80", "voc20"):
+        for subset in [k for k in ("all80", "voc20") if k in r]:
             s = r[subset]
             p, o, c, d = s["predicted"], s["oracle"], s["ceiling"], s["retrieval"]
             lines.append(
@@ -212,11 +317,13 @@ def markdown(rows: dict) -> str:
                 f"{pct(p['ABO'])} | {pct(o['mAP_0.25'])} / {pct(o['mAP_0.5'])} / {pct(o['ABO'])} | "
                 f"{pct(c['ABO'])} / {pct(c['recall_0.5'])} | {pct(d['inside_instance'])} of {d['peaks']} | "
                 f"{pct(d['picks_best_rate'])} | {pct(d['iou_lost_when_not'])} | {pct(d['picked_iou'])} / "
-                f"{pct(d['best_iou'])} | {d['median_area_ratio']:.2f} |")
+                f"{pct(d['best_iou'])} | {d['median_area_ratio']:.2f} | "
+                f"{pct(c['peaked']) if 'peaked' in c else '-'} / "
+                f"{pct(c['peak_bound_ABO']) if 'peak_bound_ABO' in c else '-'} |")
     notes = [r.get("note") for r in rows.values() if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + [f"- **{n}**: {r['note']}" for n, r in rows.items() if r.get("note")]
-    reading = RESULTS.parent / "diagnose_reading.md"
+    reading = out.parent / f"{out.name}_reading.md"
     return "\n".join(lines) + "\n" + ("\n" + reading.read_text() if reading.is_file() else "")
 
 
@@ -229,6 +336,10 @@ def main() -> None:
     parser.add_argument("--val", type=Path, default=VAL_JSON)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stage-cache", type=Path, help="folder caching each image's peak stage (scores, peaks, "
+                        "PRMs, class maps): retrieval variants of one trained run then skip the backward passes")
+    parser.add_argument("--cache-max-peaks", type=int, default=16,
+                        help="peaks per class the stage cache holds (>= max_peaks_per_class of every variant)")
     parser.add_argument("overrides", nargs="*", help="test.retrieval.KEY=VALUE etc. applied to the loaded config")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -246,7 +357,7 @@ def main() -> None:
     per_image, seconds = [], []
     for i, record in enumerate(records):
         t0 = time.perf_counter()
-        per_image.append(analyse_image(pred, record, thresholds))
+        per_image.append(analyse_image(pred, record, thresholds, args.stage_cache, args.cache_max_peaks))
         seconds.append(time.perf_counter() - t0)
         print(f"  {i + 1}/{len(records)} image {record.image_id}: {time.perf_counter() - started:.0f} s", file=sys.stderr,
               flush=True)
@@ -257,7 +368,8 @@ def main() -> None:
            "images": len(records), "median_s_per_image": float(np.median(seconds)),
            "peak_rss_mib": peak_rss_mib(),
            "train_seconds": json.loads((args.workdir / "method.json").read_text()).get("train_seconds")}
-    for subset in ("all80", "voc20"):
+    # synthetic scenes (the demo's) have no VOC class: all classes only
+    for subset in ("all80", "voc20") if voc20_ids(val.categories) else ("all80",):
         row[subset] = summarise(per_image, subset_gt, val.categories, cat_ids, thresholds,
                                 None if subset == "all80" else "voc20")
     path = args.out.with_suffix(".json")
@@ -266,7 +378,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         json.dump(rows, f, indent=2)
-    text = markdown(rows)
+    text = markdown(rows, args.out)
     with atomic_write(args.out.with_suffix(".md")) as f:
         f.write(text)
     print(text)

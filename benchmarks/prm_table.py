@@ -17,6 +17,14 @@ def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def seconds_per_image(row: dict) -> str:
+    """The diagnosis run's median s/image; a row whose peak stage came from the cache
+    (``--stage-cache``, test-stage variants) did not run the backward passes: not an inference time."""
+    if "--stage-cache" in row.get("command", ""):
+        return "- (peaks cached)"
+    return f"{row.get('median_s_per_image', float('nan')):.2f}"
+
+
 def main() -> None:
     rows = json.loads((RESULTS / "diagnose.json").read_text())
     history = (RESULTS / "prm_history.md").read_text()
@@ -44,7 +52,7 @@ def main() -> None:
             lines.append(f"| {name} | {subset} | {pct(p['mAP_0.25'])} | {pct(p['mAP_0.5'])} | {pct(p.get('mAP_0.7'))} | "
                          f"{pct(p.get('mAP_0.75'))} | {pct(p['ABO'])} | {pct(c.get('AP'))} | {pct(c.get('AP50'))} | "
                          f"{pct(c.get('AP75'))} | {r.get('train_seconds') or 0:.0f} | "
-                         f"{r.get('median_s_per_image', float('nan')):.2f} | {r.get('peak_rss_mib', 0):.0f} |")
+                         f"{seconds_per_image(r)} | {r.get('peak_rss_mib', 0):.0f} |")
     text = "\n".join(lines) + "\n\n" + history
     (RESULTS / "prm.md").write_text(text)
     print(text)

@@ -128,6 +128,9 @@ def test_every_prm_key_is_read(tmp_path, monkeypatch):
                   "schedule.epochs=1", "calibration.folds=2", "calibration.min_positives=1"]
         predictor = prm.fit(records, overrides=PRM_TINY + frozen, workdir=tmp_path / "frozen")
         predictor.predict_records(records, progress=False)
+        # the IoU retrieval score reads its support keys (Eq. 10's are read above)
+        predictor.cfg.test.retrieval.score = "iou"
+        predictor.predict_records(records, progress=False)
     _assert_all_read(prm.PRMMethodConfig, reads)
 
 
@@ -143,8 +146,10 @@ def test_every_mser_sgpo_key_is_read(tmp_path, monkeypatch, scoring):
         predictor = mser.fit(records, overrides=overrides, workdir=tmp_path / "run")
         predictor.predict_records(records, progress=False)
     # each scoring rule reads its own part of the one scoring config; the two runs together read all
-    only = {"sgpo": {"test.retrieval.bg_threshold_factor", "test.retrieval.proposal_count"},
-            "prm": {"test.retrieval.omega", "test.retrieval.class_irrelevant", "test.retrieval.saliency"}}
+    # retrieval.score=iou's support keys are PRM's alternative to Eq. 10, read in test_every_prm_key_is_read
+    iou = {"test.retrieval.support_threshold", "test.retrieval.support_sigma"}
+    only = {"sgpo": {"test.retrieval.bg_threshold_factor", "test.retrieval.proposal_count"} | iou,
+            "prm": {"test.retrieval.omega", "test.retrieval.class_irrelevant", "test.retrieval.saliency"} | iou}
     _assert_all_read(mser.MSERSGPOConfig, reads, only[scoring])
 
 
@@ -179,6 +184,9 @@ def test_every_wise_key_is_read(tmp_path, monkeypatch):
                                  "pseudo.max_peaks_per_class=2"]
     with recording(monkeypatch, wise, reads, stages={prm: "prm."}):
         wise.fit(records, overrides=overrides, workdir=tmp_path / "run").predict_records(records, progress=False)
+        # the PRM stage's photo recipe (frozen cached backbone) reads the rest of prm.model / prm.data
+        frozen = ["prm.model.frozen_backbone=true", "prm.model.class_prior=imagenet", "schedule.iterations=1"]
+        wise.fit(records, overrides=overrides + frozen, workdir=tmp_path / "frozen")
     # the PRM stage's own sections beyond WISE's prm.{model,data,schedule} are not WISE's keys
     _assert_all_read(wise.WiseMethodConfig, reads)
 

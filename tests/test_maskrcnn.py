@@ -153,6 +153,49 @@ def test_detectron_init_starts_the_mask_loss_at_ln2():
     assert abs(float(losses["loss_classifier"].detach()) - np.log(3)) < 0.05
 
 
+def test_fpn_and_mask_head_widths_reach_every_layer():
+    model = build_maskrcnn(_tiny_cfg(fpn_channels=64, mask_head_channels=32), 3,
+                           data=DetectorDataConfig(min_size=96, max_size=96))
+    fpn = model.backbone.fpn
+    assert model.backbone.out_channels == 64
+    assert {m[0].out_channels for m in (*fpn.inner_blocks, *fpn.layer_blocks)} == {64}
+    assert model.rpn.head.conv[0][0].in_channels == 64
+    assert model.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    head = model.roi_heads.mask_head
+    assert head[0][0].in_channels == 64 and [b[0].out_channels for b in head] == [32] * 4
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 4  # 3 classes + background
+    losses = model.train()(*_one_object_batch())
+    assert set(losses) >= {"loss_mask", "loss_classifier"} and all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(InputError):
+        _tiny(_tiny_cfg(backbone="resnet50_fpn", fpn_channels=128))
+
+
+def test_default_widths_build_torchvisions_model_parameter_for_parameter():
+    # the width options must not change the default model (its init order, so old runs reproduce)
+    torch.manual_seed(0)
+    default = _tiny(_tiny_cfg()).state_dict()
+    torch.manual_seed(0)
+    explicit = _tiny(_tiny_cfg(fpn_channels=256, mask_head_channels=256, fpn_norm="none")).state_dict()
+    assert list(default) == list(explicit)
+    assert all(torch.equal(default[k], explicit[k]) for k in default)
+
+
+def test_group_norm_fpn_outputs_have_unit_rms_whatever_the_input_scale():
+    # GroupNorm (affine weight 1, bias 0 at init) standardises each group over channels x pixels, so
+    # every FPN level (and P6, a max-pool of normalised P5 -- >= 0 mean, still unit-ish) has rms 1
+    # at init even when the body's features are 10x larger, which Lite0's are (rms 3-8).
+    torch.manual_seed(0)
+    model = _tiny(_tiny_cfg(fpn_norm="group", fpn_channels=64)).eval()
+    body = model.backbone.body
+    with torch.no_grad():
+        feats = [10.0 * f for f in body(torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(2)))]
+        out = model.backbone.fpn({str(i): f for i, f in enumerate(feats)})
+    for name in ("0", "1", "2", "3"):
+        assert abs(float(out[name].pow(2).mean().sqrt()) - 1.0) < 1e-3
+    with pytest.raises(InputError):
+        _tiny(_tiny_cfg(fpn_norm="batch"))  # type: ignore[arg-type]
+
+
 def test_staged_detect_equals_the_model_forward_and_times_every_stage():
     torch.manual_seed(0)
     model = _tiny(_tiny_cfg(), score_threshold=0.0, detections_per_image=20).eval()

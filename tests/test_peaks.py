@@ -29,3 +29,16 @@ def test_keep_strongest_peak_of_a_tagged_class_below_threshold():
                                keep_strongest=True).tolist() == [0, 2]
     # without keep_strongest class 1 has nothing above the threshold
     assert select_peak_indices(classes, values, tagged, 2.0, 1).tolist() == [0]
+
+
+def test_relative_threshold_drops_peaks_weak_against_their_class_strongest():
+    # class 0: 10, 0.5, 3 (relative 0.2: >= 2 keeps 10 and 3); class 1: 0.4, 0.1 (against its own
+    # strongest: 0.1 >= 0.2 * 0.4 keeps both; at 0.3, 0.1 < 0.12 drops it); class 2 not allowed
+    classes = torch.tensor([0, 0, 0, 1, 1, 2])
+    values = torch.tensor([10.0, 0.5, 3.0, 0.4, 0.1, 9.0])
+    allowed = torch.tensor([True, True, False])
+    assert select_peak_indices(classes, values, allowed, 0.0, None, relative=0.2).tolist() == [0, 2, 3, 4]
+    assert select_peak_indices(classes, values, allowed, 0.0, None, relative=0.3).tolist() == [0, 2, 3]
+    # then the cap: the strongest of what is left
+    assert select_peak_indices(classes, values, allowed, 0.0, 1, relative=0.2).tolist() == [0, 3]
+    assert select_peak_indices(classes, values, allowed, 0.0, None, relative=0.0).tolist() == [0, 1, 2, 3, 4]

@@ -75,3 +75,39 @@ def test_penalty_rescaled_to_reference_area():
     cfg = RetrievalConfig(gamma=0.01, contour_width=1, size_limit=(0.0, 1.0), gamma_reference_area=400)
     # 50 background pixels * 0.01 * 400 / 100 = 2.0
     np.testing.assert_allclose(proposal_scores(prm, np.array([0]), class_map, mask, cfg)[0, 0], -2.0)
+
+
+def test_support_is_thresholded_fraction_of_max():
+    from wsis.proposals.retrieval import support_masks
+
+    prm = np.zeros((1, 6, 6), np.float32)
+    prm[0, 1, 1], prm[0, 1, 2], prm[0, 4, 4] = 1.0, 0.5, 0.1
+    sup = support_masks(prm, 0.4, 0.0)[0]
+    assert sup.sum() == 2 and sup[1, 1] and sup[1, 2]
+    assert not support_masks(np.zeros((1, 4, 4), np.float32), 0.2, 0.05).any()  # empty map: empty support
+
+
+def test_support_smoothing_fills_the_region_between_edge_responses():
+    from wsis.proposals.retrieval import support_masks
+
+    # a PRM that fires only on the outline of a 10x10 square (as on edges): smoothed, the inside is support
+    prm = np.zeros((1, 30, 30), np.float32)
+    square = _box(30, 30, 10, 20, 10, 20)
+    prm[0] = contour_masks(square[None], 3)[0] & square
+    assert not support_masks(prm, 0.5, 0.0)[0, 15, 15]
+    sup = support_masks(prm, 0.5, 0.1)[0]  # sigma 3 px on a 10 px square
+    assert sup[15, 15] and not sup[2, 2]
+
+
+def test_iou_score_prefers_the_proposal_matching_the_support_over_a_larger_one():
+    h = w = 20
+    prm = np.zeros((1, h, w), np.float32)
+    prm[0, 5:10, 5:10] = 1 / 25
+    masks = np.stack([_box(h, w, 5, 10, 5, 10), _box(h, w, 0, 15, 0, 15), _box(h, w, 5, 7, 5, 10)])
+    class_maps = np.ones((1, h, w), np.float32)
+    prm_cfg = RetrievalConfig(contour_width=1, gamma=0.0)
+    s = proposal_scores(prm, np.array([0]), class_maps, masks, prm_cfg)[0]
+    assert s[1] >= s[0]  # Eq. 10: the larger proposal holds the same mass (and some on its contour)
+    iou_cfg = RetrievalConfig(score="iou", support_threshold=0.5, support_sigma=0.0)
+    s = proposal_scores(prm, np.array([0]), class_maps, masks, iou_cfg)[0]
+    np.testing.assert_allclose(s, [1.0, 25 / 225, 10 / 25])

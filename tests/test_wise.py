@@ -36,6 +36,29 @@ def test_configs_load(name, cls):
             1, 0.00125, 50000, 800, 1333)
 
 
+def test_prm_stage_gets_prms_photo_recipe(tmp_path):
+    # the photo recipe (frozen backbone with cached features, class prior) reaches stage 1's config
+    from wsis.methods.prm import PRMMethodConfig
+    from wsis.methods.wise import prm_stage_config
+
+    cfg = load_config(WiseMethodConfig, None, ["prm.model.frozen_backbone=true", "prm.model.class_prior=imagenet",
+                                               "prm.data.feature_cache=/tmp/features"])
+    config = tmp_path / "prm.yaml"
+    config.write_text(__import__("yaml").safe_dump(prm_stage_config(cfg)))
+    prm_cfg = load_config(PRMMethodConfig, config)
+    assert (prm_cfg.model.frozen_backbone, prm_cfg.model.class_prior, prm_cfg.data.feature_cache) == \
+        (True, "imagenet", "/tmp/features")
+    # off by default: the paper's training
+    assert load_config(PRMMethodConfig, None).model == load_config(WiseMethodConfig, None).prm.model
+    assert not load_config(WiseMethodConfig, CONFIGS / "wise_cpu.yaml").prm.model.frozen_backbone
+    # the benchmark config: WISE's detector is the reference's, stage 1 the photo recipe
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    wise_cfg = load_config(WiseMethodConfig, bench / "wise_reference_cpu.yaml")
+    ref_cfg = load_config(MaskRCNNMethodConfig, bench / "reference_cpu.yaml")
+    assert (wise_cfg.model, wise_cfg.data, wise_cfg.schedule) == (ref_cfg.model, ref_cfg.data, ref_cfg.schedule)
+    assert wise_cfg.prm.model.frozen_backbone and wise_cfg.prm.model.class_prior == "imagenet"
+
+
 def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
     # one peak, 4 identical-position candidates of objectness 1..4: draws vary with the epoch
     masks = np.zeros((4, 5, 5), bool)
@@ -83,3 +106,23 @@ def test_wise_end_to_end_on_tiny_scenes(tmp_path):
     assert again.refine
     for rec in records:
         np.testing.assert_allclose(out[rec.image_id].scores, again.predict(rec).scores, rtol=1e-5)
+
+
+def test_a_run_with_the_pre_skeleton_photo_recipe_still_loads(tmp_path):
+    # method.json of a WISE run written before the skeleton with PRM's fit options (the run of
+    # benchmarks/results/wise.md): fit.* moves to prm.model / data / schedule, the never-read
+    # calibration keys are dropped, the fine-tuning schedule gives way to the head's
+    from wsis.methods.trained import read_trained
+    from wsis.methods.wise import migrate_config
+
+    old = {"prm": {"backbone": "tf_efficientnet_lite0", "pretrained": True,
+                   "classifier": {"image_size": 448, "epochs": 20, "lr": 0.01, "class_threshold": 0.0},
+                   "fit": {"frozen_backbone": True, "class_prior": "imagenet", "thresholds": "fixed",
+                           "head_epochs": 100, "head_lr": 0.02, "feature_cache": None, "calibration_folds": 5,
+                           "min_positives": 3}},
+           "detector": {"fpn_norm": "group", "fpn_channels": 128, "min_size": 320}}
+    (tmp_path / "method.json").write_text(json.dumps({"method": "wise", "config": old}))
+    _, cfg = read_trained(tmp_path, WiseMethodConfig, migrate_config)
+    assert (cfg.prm.model.frozen_backbone, cfg.prm.model.class_prior) == (True, "imagenet")
+    assert (cfg.prm.schedule.epochs, cfg.prm.schedule.lr, cfg.prm.data.image_size) == (100, 0.02, 448)
+    assert (cfg.model.fpn_norm, cfg.model.fpn_channels, cfg.data.min_size) == ("group", 128, 320)

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -69,6 +70,15 @@ class DetectorConfig:
     train_body: bool = True
     # "torchvision": its default init of the output layers; "detectron": see init_predictors_detectron.
     predictor_init: Literal["torchvision", "detectron"] = "torchvision"
+    # Width of the FPN outputs (so of the RPN head and the first mask-head conv) and of the four mask-head
+    # convs + its deconvolution. 256 is Mask R-CNN's; on a CPU these convs, not the backbone, are most of a
+    # step (benchmarks/results/reference.md), and they cost ~width^2. ResNet-50-FPN is built with 256 only.
+    fpn_channels: int = 256
+    # "group": GroupNorm (32 groups) after each FPN conv (Wu & He's GN variant of Mask R-CNN). Lite0's stage
+    # outputs have rms 3-8 (ResNet's ~1), so without it the FPN outputs and RoI features are ~10x
+    # ResNet's, the heads' gradients ~50 (reference.md), and lr 0.01 diverges; "none": Mask R-CNN's FPN.
+    fpn_norm: Literal["none", "group"] = "none"
+    mask_head_channels: int = 256
 
 
 @dataclass
@@ -124,9 +134,13 @@ def _pretrained_state(name: str, pretrained: bool | str) -> dict[str, torch.Tens
     return create_imagenet_classifier(name, pretrained).network.state_dict()
 
 
-def _resnet50_fpn(pretrained: bool | str) -> tuple[nn.Module, tuple, tuple]:
+def _resnet50_fpn(pretrained: bool | str, out_channels: int = 256,
+                  norm_layer: Callable[[int], nn.Module] | None = None) -> tuple[nn.Module, tuple, tuple]:
     import torchvision
 
+    if out_channels != 256 or norm_layer is not None:
+        raise InputError("config", "model.fpn_channels / fpn_norm: resnet50_fpn is torchvision's FPN "
+                                   "(256 channels, no normalisation)")
     resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     state = _pretrained_state("resnet50", pretrained)
     if state is not None:
@@ -134,7 +148,8 @@ def _resnet50_fpn(pretrained: bool | str) -> tuple[nn.Module, tuple, tuple]:
     return _resnet_fpn_extractor(resnet, trainable_layers=3), IMAGENET_MEAN, IMAGENET_STD
 
 
-def _lite0_fpn(pretrained: bool | str) -> tuple[nn.Module, tuple, tuple]:
+def _lite0_fpn(pretrained: bool | str, out_channels: int = 256,
+               norm_layer: Callable[[int], nn.Module] | None = None) -> tuple[nn.Module, tuple, tuple]:
     import timm
     from timm.layers import freeze_batch_norm_2d
 
@@ -148,22 +163,28 @@ def _lite0_fpn(pretrained: bool | str) -> tuple[nn.Module, tuple, tuple]:
         # ResNet. A random-init body keeps live batch norm: frozen identity statistics would let its
         # activations grow unchecked through 16 blocks.
         body = freeze_batch_norm_2d(body)
-    return _TimmFPN(body), LITE_MEAN, LITE_STD
+    return _TimmFPN(body, out_channels, norm_layer), LITE_MEAN, LITE_STD
 
 
 class _TimmFPN(nn.Module):
     """A timm ``features_only`` network under torchvision's FPN (the ``BackboneWithFPN`` contract)."""
 
-    def __init__(self, body: nn.Module, out_channels: int = 256) -> None:
+    def __init__(self, body: nn.Module, out_channels: int = 256,
+                 norm_layer: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         from torchvision.ops import FeaturePyramidNetwork
 
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool(),
+                                         norm_layer=norm_layer)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.fpn({str(i): f for i, f in enumerate(self.body(x))})
+
+
+def _group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(32, channels)
 
 
 def freeze_without_graph(module: nn.Module) -> None:
@@ -174,7 +195,7 @@ def freeze_without_graph(module: nn.Module) -> None:
     module.forward = torch.no_grad()(module.forward)  # type: ignore[method-assign]
 
 
-BUILDERS: dict[str, Callable[[bool | str], tuple[nn.Module, tuple, tuple]]] = {
+BUILDERS: dict[str, Callable[..., tuple[nn.Module, tuple, tuple]]] = {
     "resnet50_fpn": _resnet50_fpn,
     "lite0_fpn": _lite0_fpn,
 }
@@ -189,7 +210,11 @@ def build_maskrcnn(cfg: DetectorConfig, num_classes: int, pretrained: bool | str
     test = test if test is not None else DetectorTestConfig()
     if cfg.backbone not in BUILDERS:
         raise InputError("config", f"unknown detector backbone {cfg.backbone!r}; choose one of {', '.join(BUILDERS)}")
-    backbone, mean, std = BUILDERS[cfg.backbone](cfg.pretrained if pretrained is None else pretrained)
+    if cfg.fpn_norm not in ("none", "group"):
+        raise InputError("config", f"model.fpn_norm must be 'none' or 'group', not {cfg.fpn_norm!r}")
+    norm = _group_norm if cfg.fpn_norm == "group" else None
+    backbone, mean, std = BUILDERS[cfg.backbone](cfg.pretrained if pretrained is None else pretrained,
+                                                 cfg.fpn_channels, norm)
     if len(cfg.anchor_sizes) != 5:
         raise InputError("config", f"model.anchor_sizes needs one size per FPN level (5), got {cfg.anchor_sizes}")
     if not cfg.train_body:
@@ -204,6 +229,11 @@ def build_maskrcnn(cfg: DetectorConfig, num_classes: int, pretrained: bool | str
                     rpn_pre_nms_top_n_test=test.rpn_pre_nms_top_n_test,
                     rpn_post_nms_top_n_test=test.rpn_post_nms_top_n_test,
                     box_batch_size_per_image=cfg.box_batch_size_per_image)
+    if cfg.mask_head_channels != 256:
+        # built only when asked, so the default model's parameters (and their init order) are torchvision's
+        width = cfg.mask_head_channels
+        model.roi_heads.mask_head = MaskRCNNHeads(backbone.out_channels, (width,) * 4, 1)
+        model.roi_heads.mask_predictor = MaskRCNNPredictor(width, width, num_classes + 1)
     if cfg.predictor_init == "detectron":
         init_predictors_detectron(model)
     return model

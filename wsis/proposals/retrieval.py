@@ -17,6 +17,7 @@ flattened maps and masks, chunked over proposals to bound memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -45,6 +46,14 @@ class RetrievalConfig:
     nms_threshold: float | None = 0.3
     merge_peak_response: bool = True
     class_aware_nms: bool = False
+    # Not in the paper (issue 11, benchmarks/results/tune_retrieval.md): "prm" is Eq. 10 above, which
+    # never loses by growing a proposal over more of the PRM's mass, so on photos it picks proposals
+    # larger than the object; "iou" scores a proposal by its mask IoU with the instance's support,
+    # the pixels where the peak's PRM, smoothed by a Gaussian of support_sigma (a fraction of the
+    # scoring side), reaches support_threshold of its maximum (see support_masks).
+    score: Literal["prm", "iou"] = "prm"
+    support_threshold: float = 0.2
+    support_sigma: float = 0.02
 
 
 def contour_masks(masks: np.ndarray, width: int) -> np.ndarray:
@@ -95,9 +104,14 @@ def proposal_scores(
     if cfg.proposal_count is not None:
         masks = masks[: cfg.proposal_count]
         contours = None if contours is None else contours[: cfg.proposal_count]
+    h, w = masks.shape[1:]
+    if cfg.score == "iou":
+        return _limit_sizes(support_iou(support_masks(prms, cfg.support_threshold, cfg.support_sigma), masks),
+                            masks, cfg)
+    if cfg.score != "prm":
+        raise ValueError(f"retrieval.score must be prm or iou, not {cfg.score!r}")
     if contours is None:
         contours = contour_masks(masks, cfg.contour_width)
-    h, w = masks.shape[1:]
     classes, inverse = np.unique(peak_classes, return_inverse=True)
     bg = background_maps(class_maps[classes], cfg.bg_threshold_factor)
     # the PRMs and the background maps against the masks in one pass over the masks
@@ -105,10 +119,41 @@ def proposal_scores(
     inside, bg_inside = both[: len(prms)], both[len(prms):][inverse]
     on_contour = chunked_products(prms, contours)
     scores = cfg.alpha * inside + cfg.beta * on_contour - scaled_gamma(cfg, h, w) * bg_inside
+    return _limit_sizes(scores, masks, cfg)
+
+
+def _limit_sizes(scores: np.ndarray, masks: np.ndarray, cfg: RetrievalConfig) -> np.ndarray:
+    """-inf for the proposals outside ``cfg.size_limit`` (fractions of the image area)."""
+    h, w = masks.shape[1:]
     areas = masks.reshape(len(masks), -1).sum(axis=1)
     too_big_or_small = (areas >= cfg.size_limit[1] * h * w) | (areas < cfg.size_limit[0] * h * w)
     scores[:, too_big_or_small] = -np.inf
     return scores
+
+
+def support_masks(prms: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
+    """(K, H, W) PRMs -> (K, H, W) bool supports: each map smoothed by a Gaussian of ``sigma`` times
+    its longer side (0: not smoothed; a PRM is a pixel-level map whose mass sits on edges and
+    texture, the smoothing turns it into the region it covers), then thresholded at ``threshold``
+    times its maximum. A map that is zero everywhere has an empty support."""
+    out = np.zeros(prms.shape, dtype=bool)
+    side = max(prms.shape[1:]) if prms.ndim == 3 else 1
+    for k, prm in enumerate(np.asarray(prms, dtype=np.float32)):
+        if sigma > 0:
+            prm = cv2.GaussianBlur(prm, (0, 0), sigmaX=sigma * side, borderType=cv2.BORDER_CONSTANT)
+        top = float(prm.max())
+        if top > 0:
+            out[k] = prm >= threshold * top
+    return out
+
+
+def support_iou(supports: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(K, P) mask IoU of every support (K, H, W) with every proposal (P, H, W)."""
+    inter = chunked_products(supports.astype(np.float32), masks)
+    size = supports.reshape(len(supports), -1).sum(axis=1).astype(np.float64)
+    areas = masks.reshape(len(masks), -1).sum(axis=1).astype(np.float64)
+    union = size[:, None] + areas[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def scaled_gamma(cfg: RetrievalConfig, height: int, width: int) -> float:

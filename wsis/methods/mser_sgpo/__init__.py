@@ -155,7 +155,7 @@ def peaks_from_crm(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | Non
                    ) -> torch.Tensor:
     """:func:`select_peaks` from an already computed upsampled CRM (1, C, h, w)."""
     return crm_peaks(model, crm, allowed, cfg.test.class_threshold, cfg.test.peak_threshold,
-                     cfg.test.max_peaks_per_class)
+                     cfg.test.max_peaks_per_class, cfg.test.peak_relative_threshold)
 
 
 def _batched(cfg: MSERSGPOConfig, device: torch.device) -> bool:

@@ -105,6 +105,9 @@ def size_filter(masks: np.ndarray, size_limit: tuple[float, float]) -> np.ndarra
 def sgpo_scores(prms: np.ndarray, peak_classes: np.ndarray, class_maps: np.ndarray, saliency: np.ndarray,
                 masks: np.ndarray, cfg: SGPOConfig, contours: np.ndarray | None = None) -> np.ndarray:
     """(K, P) Eq. 4 scores; -inf for proposals outside the size limits."""
+    if cfg.score != "prm":
+        raise ValueError(f"retrieval.score={cfg.score} replaces PRM's Eq. 10, not SGPO's Eq. 4: use it with "
+                         "scoring=prm")
     if contours is None:
         contours = contour_masks(masks, cfg.contour_width)
     t = sgpo_terms(prms, peak_classes, class_maps, saliency, masks, contours, cfg.class_irrelevant)

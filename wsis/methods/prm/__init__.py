@@ -194,7 +194,8 @@ class PRMPredictor(Predictor):
         scores = scores[0]
         self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
         allowed = scores >= self.class_thresholds().to(scores.device)
-        return select_peaks(peaks, values, allowed, self.cfg.test.peak_threshold, self.cfg.test.max_peaks_per_class)
+        return select_peaks(peaks, values, allowed, self.cfg.test.peak_threshold, self.cfg.test.max_peaks_per_class,
+                            relative=self.cfg.test.peak_relative_threshold)
 
     def why_empty(self, image_ids: Sequence[int]) -> str:
         """The top class score over the images against ``test.class_threshold``."""

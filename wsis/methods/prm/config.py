@@ -73,6 +73,9 @@ class PRMTestConfig:
     # so the default keeps every positive peak and bounds the count per class instead.
     peak_threshold: float = 0.0
     max_peaks_per_class: int = 8
+    # not in the paper (issue 11): also drop peaks below this fraction of their class's strongest
+    # peak in the image (0: off, the paper's rule)
+    peak_relative_threshold: float = 0.0
     # "auto": one batched backward over all peaks on CUDA; on a CPU the reference's per-peak loop,
     # which measured faster there (benchmarks/bench_peak_backprop.py). Same maps either way.
     peak_backprop: PeakBackprop = "auto"

@@ -42,7 +42,7 @@ from wsis.methods.base import register
 from wsis.methods.maskrcnn import DetectorPredictor, MaskRCNNMethodConfig, fit_detector, load_detector
 from wsis.methods.prm import migrate_config as migrate_prm_config
 from wsis.methods.prm.config import MOVED_KEYS as PRM_MOVED_KEYS
-from wsis.methods.prm.config import PRMDataConfig, PRMNetConfig, PRMScheduleConfig
+from wsis.methods.prm.config import PRMFeatureDataConfig, PRMModelConfig, PRMScheduleConfig
 from wsis.methods.trained import META_FILE
 from wsis.methods.wise.pseudo_labels import (PeakCandidates, PseudoLabelConfig, PseudoLabeler, pseudo_instances,
                                              write_pseudo_labels)
@@ -58,8 +58,11 @@ class WisePRMConfig:
     """Stage 1, PRM's classifier (network, data, schedule); its device, seed, workers and proposals are
     WISE's, its peaks are ``pseudo``'s."""
 
-    model: PRMNetConfig = field(default_factory=PRMNetConfig)
-    data: PRMDataConfig = field(default_factory=PRMDataConfig)
+    # PRM's model / data options include its photo recipe (model.frozen_backbone with
+    # data.feature_cache, model.class_prior; wsis.methods.prm.frozen): off by default, as in the paper.
+    # PRM's calibration of class thresholds is not offered: WISE keeps the peaks of the tagged classes.
+    model: PRMModelConfig = field(default_factory=PRMModelConfig)
+    data: PRMFeatureDataConfig = field(default_factory=PRMFeatureDataConfig)
     schedule: PRMScheduleConfig = field(default_factory=PRMScheduleConfig)
 
 
@@ -72,20 +75,23 @@ class WiseMethodConfig(MaskRCNNMethodConfig):
 WiseMethodConfig.MOVED_KEYS = {  # type: ignore[attr-defined]  # the layout before the skeleton (wsis.config)
     **MaskRCNNMethodConfig.MOVED_KEYS,  # type: ignore[attr-defined]
     **{f"prm.{old}": f"prm.{new}" for old, new in PRM_MOVED_KEYS.items()
-       if new.split(".")[0] in ("model", "data", "schedule") and not old.startswith("fit.")}}
+       if new.split(".")[0] in ("model", "data", "schedule")}}
 
 
 def migrate_config(config: dict) -> dict:
     """A ``method.json`` config written before the ``prm`` section held only the classifier (it had
     all of PRM's method config, ``prm.prm.epochs``; the rest was never read by WISE and is dropped),
-    and before the skeleton (the PRM stage's class threshold was never read: the pseudo labels use
-    the tags)."""
+    and before the skeleton (the PRM stage's class threshold and its calibration were never read:
+    the pseudo labels use the tags; ``prm.fit``'s other keys move with PRM's ``MOVED_KEYS``)."""
     config = dict(config)
     if isinstance(config.get("prm"), dict):
         old = migrate_prm_config(config["prm"])
-        prm = {k: old[k] for k in ("backbone", "pretrained", "classifier", "model", "data", "schedule") if k in old}
+        prm = {k: old[k] for k in ("backbone", "pretrained", "classifier", "fit", "model", "data", "schedule") if k in old}
         if isinstance(prm.get("classifier"), dict):
             prm["classifier"] = {k: v for k, v in prm["classifier"].items() if k != "class_threshold"}
+        if isinstance(prm.get("fit"), dict):  # PRM's threshold calibration: WISE never read it
+            prm["fit"] = {k: v for k, v in prm["fit"].items()
+                          if k not in ("thresholds", "calibration_folds", "min_positives")}
         config["prm"] = prm
     return config
 
