@@ -32,7 +32,8 @@ def test_eqs_1_2_three_proposals_two_classes():
     torch.testing.assert_close(s1, torch.tensor([[0.75, 0.8]]))
     # p = softmax([0.75, 0.8]); Eq. 2 with y = [1, 0]: -log p_0 = log(1 + e^0.05)
     assert multilabel_loss(s1, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(math.log(1 + math.exp(0.05)), abs=1e-6)
-    both = math.log(1 + math.exp(0.05)) + math.log(1 + math.exp(-0.05))
+    # y = [1, 1] is normalised to [1/2, 1/2]
+    both = (math.log(1 + math.exp(0.05)) + math.log(1 + math.exp(-0.05))) / 2
     assert multilabel_loss(s1, torch.tensor([[1.0, 1.0]])).item() == pytest.approx(both, abs=1e-6)
 
 

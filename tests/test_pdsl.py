@@ -46,7 +46,8 @@ def test_paper_config_has_the_paper_values():
 
 
 def test_backbone_is_dilated_to_stride_16_and_frozen_in_stages():
-    from wsis.methods.pdsl.model import backbone_stages, pdsl_backbone
+    from wsis.backbones import backbone_stages
+    from wsis.methods.pdsl.model import pdsl_backbone
 
     bb = pdsl_backbone(PDSLModelConfig(backbone="tf_efficientnet_lite0", pretrained=False, output_stride=16,
                                        frozen_stages=2))

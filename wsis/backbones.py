@@ -25,6 +25,9 @@ Weights are never downloaded (the reference machine has no internet): torchvisio
 from the torch hub cache (``torch.hub.get_dir()/checkpoints/<name>-*.pth``) or from a file given as
 ``pretrained``; when none is found :class:`~wsis.errors.InputError` says where to put one.
 ``pretrained=False`` gives random initialisation (tests).
+
+:func:`strided_backbone` adapts a backbone for RoI heads (output stride 16, frozen batch norm and
+stages), as PDSL and Label-PEnet use it.
 """
 from __future__ import annotations
 
@@ -307,3 +310,67 @@ def imagenet_head(backbone: Backbone) -> nn.Linear:
     if not isinstance(head, nn.Linear) or head.out_features != 1000:
         raise InputError("backbone", f"{backbone.name} has no single-layer ImageNet head to read")
     return head
+
+
+# ---------------------------------------------------------------- adaptation for detection heads
+
+def _dilate_resnet_last_stage(layer4: nn.Sequential) -> None:
+    first = layer4[0]
+    first.conv2.stride = (1, 1)
+    first.downsample[0].stride = (1, 1)
+    for block in list(layer4)[1:]:
+        block.conv2.dilation = (2, 2)
+        block.conv2.padding = (2, 2)
+
+
+def backbone_stages(backbone: Backbone) -> list[nn.Module]:
+    """The backbone's stages from the input on (the unit ``frozen_stages`` counts)."""
+    body = backbone.body
+    if backbone.name == "resnet50":
+        return [body[0:4], *list(body)[4:]]
+    if backbone.name == "tf_efficientnet_lite0":
+        m = body.model
+        return [nn.ModuleList([m.conv_stem, m.bn1]), *m.blocks, nn.ModuleList([m.conv_head, m.bn2])]
+    if backbone.name == "vgg16":
+        stages, current = [], []
+        for layer in body:
+            current.append(layer)
+            if isinstance(layer, nn.MaxPool2d):
+                stages.append(nn.Sequential(*current))
+                current = []
+        return stages + ([nn.Sequential(*current)] if current else [])
+    return [body]
+
+
+def strided_backbone(name: str, pretrained: Pretrained, output_stride: int, frozen_stages: int,
+                     freeze_batch_norm: bool) -> Backbone:
+    """:func:`create_backbone` for RoI heads (PDSL, Label-PEnet): ``output_stride`` 16 dilates the
+    last stride-2 stage (ResNet-50's res5 as torchvision's ``replace_stride_with_dilation``;
+    EfficientNet-Lite0 through timm's ``output_stride``), ``freeze_batch_norm`` keeps ImageNet's
+    statistics (one image per process gives no usable batch statistics), and the first
+    ``frozen_stages`` stages (:func:`backbone_stages`) get no gradient."""
+    backbone = create_backbone(name, pretrained)
+    if output_stride not in (16, 32):
+        raise InputError("model.output_stride", f"must be 16 or 32, got {output_stride}")
+    if output_stride != backbone.stride:
+        if backbone.name == "resnet50":
+            _dilate_resnet_last_stage(backbone.body[7])
+        elif backbone.name == "tf_efficientnet_lite0":
+            import timm
+
+            dilated = timm.create_model("tf_efficientnet_lite0", pretrained=False, output_stride=output_stride)
+            dilated.reset_classifier(0)
+            dilated.load_state_dict(backbone.body.model.state_dict())
+            backbone.body.model = dilated
+        else:
+            raise InputError("model.output_stride", f"{backbone.name} has stride {backbone.stride}; "
+                             f"output_stride={output_stride} is not available for it")
+        backbone.stride = output_stride
+    if freeze_batch_norm:
+        from timm.layers import freeze_batch_norm_2d
+
+        backbone.body = freeze_batch_norm_2d(backbone.body)
+    for stage in backbone_stages(backbone)[:frozen_stages]:
+        for p in stage.parameters():
+            p.requires_grad_(False)
+    return backbone

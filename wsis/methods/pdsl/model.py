@@ -3,7 +3,8 @@
 training loss ``L = L_OD + L_IS + L_CL`` (Eq. 1) computed inside ``forward`` so that
 DistributedDataParallel sees one call per step.
 
-Backbone adaptation of :func:`wsis.backbones.create_backbone`'s networks, and why:
+Backbone adaptation of :func:`wsis.backbones.create_backbone`'s networks
+(:func:`wsis.backbones.strided_backbone`, shared with Label-PEnet), and why:
 
 * ``output_stride=16`` dilates the last stride-2 stage (ResNet-50's res5 as torchvision's
   ``replace_stride_with_dilation``; EfficientNet-Lite0 through timm's ``output_stride``): the paper's
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
-from wsis.backbones import Backbone, create_backbone
+from wsis.backbones import Backbone, strided_backbone
 from wsis.detectors.wsddn import (PseudoLabels, WSDDNHead, inference_scores, mil_loss, oicr_pseudo_labels,
                                   refinement_loss, wsddn_scores)
 from wsis.engine.trainer import derive_seed
@@ -49,63 +50,11 @@ SeedMaskFn = Callable[[str, np.ndarray], np.ndarray]
 
 # ---------------------------------------------------------------- backbone adaptation
 
-def _dilate_resnet_last_stage(layer4: nn.Sequential) -> None:
-    first = layer4[0]
-    first.conv2.stride = (1, 1)
-    first.downsample[0].stride = (1, 1)
-    for block in list(layer4)[1:]:
-        block.conv2.dilation = (2, 2)
-        block.conv2.padding = (2, 2)
-
-
-def backbone_stages(backbone: Backbone) -> list[nn.Module]:
-    """The backbone's stages from the input on (the unit ``frozen_stages`` counts)."""
-    body = backbone.body
-    if backbone.name == "resnet50":
-        return [body[0:4], *list(body)[4:]]
-    if backbone.name == "tf_efficientnet_lite0":
-        m = body.model
-        return [nn.ModuleList([m.conv_stem, m.bn1]), *m.blocks, nn.ModuleList([m.conv_head, m.bn2])]
-    if backbone.name == "vgg16":
-        stages, current = [], []
-        for layer in body:
-            current.append(layer)
-            if isinstance(layer, nn.MaxPool2d):
-                stages.append(nn.Sequential(*current))
-                current = []
-        return stages + ([nn.Sequential(*current)] if current else [])
-    return [body]
-
-
 def pdsl_backbone(cfg: PDSLModelConfig, pretrained: bool | str | None = None) -> Backbone:
-    """``create_backbone`` adapted as described in the module docstring."""
+    """:func:`wsis.backbones.strided_backbone` with PDSL's model settings (module docstring)."""
     weights = cfg.pretrained if pretrained is None else pretrained
-    backbone = create_backbone(cfg.backbone, weights)
-    if cfg.output_stride not in (16, 32):
-        raise InputError("model.output_stride", f"must be 16 or 32, got {cfg.output_stride}")
-    if cfg.output_stride != backbone.stride:
-        if backbone.name == "resnet50":
-            _dilate_resnet_last_stage(backbone.body[7])
-        elif backbone.name == "tf_efficientnet_lite0":
-            import timm
-
-            dilated = timm.create_model("tf_efficientnet_lite0", pretrained=False, output_stride=cfg.output_stride)
-            dilated.reset_classifier(0)
-            dilated.load_state_dict(backbone.body.model.state_dict())
-            backbone.body.model = dilated
-        else:
-            raise InputError("model.output_stride", f"{backbone.name} has stride {backbone.stride}; "
-                             f"output_stride={cfg.output_stride} is not available for it")
-        backbone.stride = cfg.output_stride
-    if cfg.pretrained is not False:  # the config decides, so a saved model is rebuilt the same way
-        from timm.layers import freeze_batch_norm_2d
-
-        backbone.body = freeze_batch_norm_2d(backbone.body)
-    stages = backbone_stages(backbone)
-    for stage in stages[: cfg.frozen_stages]:
-        for p in stage.parameters():
-            p.requires_grad_(False)
-    return backbone
+    return strided_backbone(cfg.backbone, weights, cfg.output_stride, cfg.frozen_stages,
+                            freeze_batch_norm=cfg.pretrained is not False)
 
 
 # ---------------------------------------------------------------- the network
