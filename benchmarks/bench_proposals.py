@@ -52,6 +52,12 @@ POOLS: dict[str, tuple[str, dict]] = {
     "ucm-hed-learned": ("ucm", {"ranking": "learned"}),
     "ucm-hed": ("ucm", {}),
     "ucm+superpixel": ("ucm+superpixel", {}),
+    # MCG's multi-scale hierarchies: HED on the image at 0.5x / 1x / 2x, aligned; one hierarchy on
+    # the mean map, or one per scale pooled by relative rank (wsis.proposals.ucm.ucm_proposals)
+    "ucm-ms-mean": ("ucm", {"scales": [0.5, 1.0, 2.0], "scale_combine": "mean"}),
+    "ucm-ms-pool": ("ucm", {"scales": [0.5, 1.0, 2.0], "scale_combine": "pool"}),
+    "ucm-ms-mean+superpixel": ("ucm+superpixel", {"ucm": {"scales": [0.5, 1.0, 2.0], "scale_combine": "mean"}}),
+    "ucm-ms-pool+superpixel": ("ucm+superpixel", {"ucm": {"scales": [0.5, 1.0, 2.0], "scale_combine": "pool"}}),
     "selective_search": ("selective_search", {}),
     "selective_search+grabcut": ("selective_search+grabcut", {}),
 }

@@ -7,7 +7,14 @@ import pytest
 from wsis import masks as mask_ops
 from wsis.cues.hed import packaged_weights
 from wsis.proposals import GENERATORS, generate_proposals
-from wsis.proposals.ucm import build_ucm, objectness, ucm_proposals, watershed_regions
+from wsis.proposals.ucm import (
+    boundary_map,
+    build_ucm,
+    multiscale_boundary_map,
+    objectness,
+    ucm_proposals,
+    watershed_regions,
+)
 
 
 def drawn_scene() -> tuple[np.ndarray, list[np.ndarray]]:
@@ -94,3 +101,59 @@ def test_pooled_interleaves_both_hierarchies_without_duplicates():
     ious = mask_ops.iou(pooled.masks, pooled.masks) - np.eye(len(pooled))
     assert ious.max() <= 0.95
     assert (mask_ops.iou(pooled.masks, [mask_ops.encode(o) for o in objects]).max(axis=0) > 0.85).all()
+
+
+def test_multiscale_maps_are_aligned_to_the_original_grid():
+    image, objects = drawn_scene()
+    one, two, half = multiscale_boundary_map(image, (1.0, 2.0, 0.5), boundary="sobel")
+    np.testing.assert_array_equal(one, boundary_map(image, "sobel"))  # scale 1 is the plain map
+    assert two.shape == half.shape == image.shape[:2]
+    # the square's top edge lies between rows 19 and 20: every scale's ridge peaks there (+-1 px)
+    for edge_map in (one, two, half):
+        assert abs(int(np.argmax(edge_map[10:35, 30])) + 10 - 19.5) <= 1.5
+    with pytest.raises(ValueError):
+        multiscale_boundary_map(image, (0.0,), boundary="sobel")
+
+
+@pytest.mark.parametrize("combine", ["mean", "pool"])
+def test_identical_scales_give_the_single_scale_proposals(combine):
+    # two copies of the 1x map: the mean is that map, the pool's second hierarchy is all duplicates
+    image, _ = drawn_scene()
+    single = ucm_proposals(image, boundary="sobel", max_proposals=50)
+    double = ucm_proposals(image, boundary="sobel", max_proposals=50, scales=(1.0, 1.0), scale_combine=combine)
+    assert len(double) == len(single)
+    np.testing.assert_allclose(np.diag(mask_ops.iou(double.masks, single.masks)), 1.0)
+
+
+@pytest.mark.parametrize("combine", ["mean", "pool"])
+def test_multiscale_recovers_the_drawn_objects(combine):
+    image, objects = drawn_scene()
+    proposals = ucm_proposals(image, boundary="sobel", max_proposals=200, scales=(0.5, 1.0, 2.0),
+                              scale_combine=combine)
+    assert 0 < len(proposals) <= 200 and np.all(np.diff(proposals.objectness) <= 0)
+    assert (mask_ops.iou(proposals.masks, [mask_ops.encode(o) for o in objects]).max(axis=0) > 0.85).all()
+    ious = mask_ops.iou(proposals.masks, proposals.masks) - np.eye(len(proposals))
+    assert ious.max() <= 0.75  # near-duplicates across scales removed
+    with pytest.raises(ValueError):
+        ucm_proposals(image, boundary="sobel", scales=(1.0, 2.0), scale_combine="max")
+
+
+def test_multiscale_is_a_cached_proposal_config_switch(tmp_path):
+    import cv2
+
+    from wsis.proposals.config import ProposalConfig
+
+    image, _ = drawn_scene()
+    path = tmp_path / "scene.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    single = ProposalConfig("ucm", {"boundary": "sobel"}, cache_dir=str(tmp_path / "cache"))
+    multi = ProposalConfig("ucm", {"boundary": "sobel", "scales": [1.0, 2.0], "scale_combine": "pool"},
+                           cache_dir=str(tmp_path / "cache"))
+    cache = multi.cache(tmp_path)
+    entry = cache.entry(path, multi.method, **multi.settings)
+    assert entry != cache.entry(path, single.method, **single.settings)  # the switch is part of the key
+    first = multi.get(cache, path)
+    assert entry.is_file()
+    again = multi.get(cache, path)
+    assert len(again) == len(first)
+    np.testing.assert_allclose(np.diag(mask_ops.iou(again.masks, first.masks)), 1.0)

@@ -85,6 +85,32 @@ def boundary_map(image: np.ndarray, boundary: str = "hed", hed_max_side: int | N
     return _DETECTORS[key](image)
 
 
+def multiscale_boundary_map(image: np.ndarray, scales: tuple[float, ...] | list[float] = (1.0,),
+                            boundary: str = "hed", hed_max_side: int | None = None,
+                            cache_dir: str | Path | None = None) -> list[np.ndarray]:
+    """Boundary maps of ``image`` resized by each of ``scales``, each aligned back to (H, W).
+
+    MCG's multi-scale step: the detector sees the image at 0.5x / 1x / 2x -- at 2x a small object
+    spans four times the pixels, so its outline leaves a response where at 1x it falls below the
+    receptive field's resolution. Each map is resized back to the original grid (bilinear), which
+    aligns them pixel for pixel. HED maps are cached by the *resized* image's content, so every
+    scale has its own entry.
+    """
+    h, w = image.shape[:2]
+    maps = []
+    for s in scales:
+        if s <= 0:
+            raise ValueError(f"scale {s}: scales must be positive")
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        resized = image if size == (w, h) else cv2.resize(
+            image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+        edges = boundary_map(resized, boundary, hed_max_side, cache_dir).astype(np.float32)
+        if edges.shape != (h, w):
+            edges = cv2.resize(edges, (w, h), interpolation=cv2.INTER_AREA if s > 1 else cv2.INTER_LINEAR)
+        maps.append(edges)
+    return maps
+
+
 def watershed_regions(edges: np.ndarray, smooth: float = 1.0) -> np.ndarray:
     """Watershed basins of the boundary map from its local minima -> int32 labels 0..n-1."""
     e = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), smooth) if smooth > 0 else edges.astype(np.float32)
@@ -318,6 +344,9 @@ def ucm_candidates(image: np.ndarray, boundary: str = "hed", max_side: int = 640
                       stats[:, 0] / small_area)
 
 
+SCALE_COMBINES = ("mean", "pool")
+
+
 def ucm_proposals(
     image: np.ndarray,
     boundary: str = "hed",
@@ -335,6 +364,8 @@ def ucm_proposals(
     size_power: float = 0.25,
     boundary_cache: str | None = None,
     edges: np.ndarray | None = None,
+    scales: tuple[float, ...] | list[float] = (1.0,),
+    scale_combine: str = "mean",
 ) -> Proposals:
     """Boundary-driven hierarchical mask proposals of an RGB uint8 image, highest objectness first.
 
@@ -342,21 +373,51 @@ def ucm_proposals(
     while none is fitted) or ``product`` (:func:`objectness`). ``edges``: a precomputed (H, W)
     boundary map in [0, 1] (then ``boundary`` is not run); ``boundary_cache``: folder where HED maps
     are cached by image content. ``min_area``/``max_area`` are fractions of the image area.
+
+    ``scales`` (MCG's multi-scale hierarchies): the boundary detector runs on the image resized by
+    each factor (:func:`multiscale_boundary_map`) and the aligned maps are combined by
+    ``scale_combine``: ``mean`` averages them into one map and builds one hierarchy on it (MCG
+    combines its aligned per-scale UCMs into a single one; the mean of the aligned boundary maps is
+    that step before the UCM rather than after), ``pool`` builds one hierarchy per scale, ranks each
+    by its own objectness and interleaves the ranked lists by relative rank (as
+    :mod:`wsis.proposals.pooled` does) before the shared near-duplicate removal.
     """
     if ranking not in ("learned", "product"):
         raise ValueError(f"ranking {ranking!r}: choose 'learned' or 'product'")
-    cand = ucm_candidates(image, boundary, max_side, hed_max_side, smooth, levels, pairs, triplets, size_power,
-                          boundary_cache, edges)
-    h, w = cand.image_size
-    score = (learned_objectness(cand.features) if ranking == "learned" and len(RANKER_WEIGHTS)
-             else cand.product_score)
-    keep = np.flatnonzero((cand.area_fraction >= min_area) & (cand.area_fraction <= max_area))
-    order = keep[np.argsort(-score[keep], kind="stable")]
-    rles = [cand.rles[i] for i in order]
-    if not rles:
+    if scale_combine not in SCALE_COMBINES:
+        raise ValueError(f"scale_combine {scale_combine!r}: choose one of {SCALE_COMBINES}")
+    image = check_image(image)
+    h, w = image.shape[:2]
+    if edges is not None:
+        maps = [edges]
+    elif tuple(scales) == (1.0,):
+        maps = [boundary_map(image, boundary, hed_max_side, boundary_cache)]
+    else:
+        maps = multiscale_boundary_map(image, scales, boundary, hed_max_side, boundary_cache)
+    if scale_combine == "mean" and len(maps) > 1:
+        maps = [np.mean(np.stack(maps), axis=0)]
+    ranked_rles: list[dict] = []
+    ranked_score: list[np.ndarray] = []
+    priority: list[np.ndarray] = []
+    for edge_map in maps:
+        cand = ucm_candidates(image, boundary, max_side, hed_max_side, smooth, levels, pairs, triplets, size_power,
+                              boundary_cache, edge_map)
+        score = (learned_objectness(cand.features) if ranking == "learned" and len(RANKER_WEIGHTS)
+                 else cand.product_score)
+        keep = np.flatnonzero((cand.area_fraction >= min_area) & (cand.area_fraction <= max_area))
+        order = keep[np.argsort(-score[keep], kind="stable")]
+        ranked_rles.extend(cand.rles[i] for i in order)
+        ranked_score.append(score[order])
+        # One hierarchy: its own order. Several: relative rank, the scale their scores share.
+        priority.append(-np.arange(len(order), dtype=np.float64) / max(len(order), 1))
+    if not ranked_rles:
         return Proposals((h, w))
+    score = np.concatenate(ranked_score)
+    order = np.argsort(-np.concatenate(priority), kind="stable")
+    rles = [ranked_rles[i] for i in order]
+    score = score[order] if len(maps) == 1 else 1.0 + np.concatenate(priority)[order]
     boxes = _xyxy(mask_utils.toBbox(rles))
     areas = mask_ops.area(rles).astype(np.float64)
     kept = deduplicate(rles, boxes, areas, dedup_iou, limit=max_proposals)
     masks = [{"size": [h, w], "counts": rles[i]["counts"].decode("ascii")} for i in kept]
-    return Proposals((h, w), boxes[kept], masks, score[order][kept])
+    return Proposals((h, w), boxes[kept], masks, score[kept])
