@@ -18,7 +18,10 @@ proposals the papers of this field used, on boundaries that install with the pro
 4. **Proposals** (MCG's combinatorial grouping, single scale): every node of the hierarchy, plus, at
    several levels of the hierarchy (the partitions with ``levels`` regions), the unions of every pair
    of adjacent regions and of every chain of three (``a-b-c`` with ``a`` and ``c`` adjacent to ``b``).
-   MCG's grouping and ranking work the same way over its multi-scale hierarchies.
+   MCG's grouping and ranking work the same way over its multi-scale hierarchies, which are here as
+   the ``scales`` / ``scale_combine`` settings (:func:`multiscale_boundary_map`, :func:`ucm_proposals`):
+   HED on the image at e.g. 0.5x / 1x / 2x, the maps aligned to the original grid and either averaged
+   into one hierarchy (``mean``) or given one hierarchy each, pooled by relative rank (``pool``).
 5. **Objectness** (MCG ranks with a random forest on region features): by default a fixed product,
    :func:`objectness` -- mean boundary strength along the region's outline (objects end at strong
    boundaries) x compactness x share of the outline that is not the image frame x a mild size
