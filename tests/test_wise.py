@@ -74,6 +74,16 @@ def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
     fixed = PseudoTargets(cands, resample=False, seed=0)
     # argmax = objectness 4 = columns 0-4: 25 pixels, every epoch
     assert {int(mask_ops.area(fixed(rec, e).rles())[0]) for e in range(5)} == {25}
+    # pseudo.top_k reaches the targets: top 2 = objectness 3, 4 = columns 0-3 (20 px) or 0-4 (25 px)
+    top2 = PseudoTargets(cands, resample=True, seed=0, cfg=load_config(WiseMethodConfig, None, ["pseudo.top_k=2"]).pseudo)
+    assert {int(mask_ops.area(top2(rec, e).rles())[0]) for e in range(40)} == {20, 25}
+
+
+def test_pseudo_options_off_in_the_paper_config():
+    pseudo = load_config(WiseMethodConfig, CONFIGS / "wise.yaml").pseudo
+    assert (pseudo.candidates, pseudo.top_k, pseudo.peak_relative_threshold, pseudo.nms_threshold) == (
+        "objectness", None, None, None)
+    assert pseudo.resample
 
 
 @pytest.mark.slow

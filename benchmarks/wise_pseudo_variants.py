@@ -1,0 +1,105 @@
+"""WISE's pseudo masks alone, scored against the training images' own ground truth (the diagnosis
+of issue 11: the pseudo masks are the detector's supervision): the paper's objectness-proportional
+draw against the alternatives of ``pseudo.*`` (wsis/methods/wise/pseudo_labels.py): argmax, the
+draw among each peak's top-k candidates, the relative peak filter, per-class NMS among the pseudo
+instances, and PRM's test-stage retrieval on the image's tags. Choosing among them on the training
+images is allowed (no validation image is read). Writes ``<out>.json`` and prints a Markdown table.
+
+    python benchmarks/wise_pseudo_variants.py --config benchmarks/wise_reference_cpu.yaml \
+        --workdir runs/wise3/wise [--no-retrieval] [key=value ...]
+
+Stage 1 (PRM) and the candidate sets are trained / computed in ``--workdir`` when not cached.
+Pseudo instances are scored as predictions whose score is the peak's class response (objectness
+candidates) or the retrieval score (retrieval candidates).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from common import ROOT, load_train_set
+from wsis.config import load_config
+from wsis.data.images import atomic_write
+from wsis.eval import evaluate
+from wsis.methods import wise
+from wsis.methods.wise.pseudo_labels import PseudoLabelConfig, pseudo_instances
+from wsis.structures import ImageRecord, RecordSet
+
+# (row name, candidate source, mode, filters); every filter is a PseudoLabelConfig field
+VARIANTS = [
+    ("paper: sampled (Eq. 1)", "objectness", "sample", {}),
+    ("argmax objectness", "objectness", "argmax", {}),
+    ("sampled among top 3", "objectness", "sample", {"top_k": 3}),
+    ("argmax + class NMS 0.5", "objectness", "argmax", {"nms_threshold": 0.5}),
+    ("argmax + peaks >= 0.5 max + class NMS 0.5", "objectness", "argmax",
+     {"peak_relative_threshold": 0.5, "nms_threshold": 0.5}),
+    ("sampled among top 3 + peaks >= 0.5 max + class NMS 0.5", "objectness", "sample",
+     {"top_k": 3, "peak_relative_threshold": 0.5, "nms_threshold": 0.5}),
+    ("PRM retrieval on the tags", "retrieval", "argmax", {}),
+    ("PRM retrieval on the tags + peaks >= 0.5 max", "retrieval", "argmax", {"peak_relative_threshold": 0.5}),
+]
+DRAWS = 3  # sampled rows: mean over the draws of epochs 0..DRAWS-1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "benchmarks/wise_reference_cpu.yaml")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs/wise3/wise")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/wise_pseudo_variants")
+    parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval rows (no PRM back-propagation)")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    train = load_train_set()
+    tags_only = RecordSet([ImageRecord(r.image_id, r.path, r.width, r.height, tags=r.tags, file_name=r.file_name)
+                           for r in train], dict(train.categories), train.name)
+    cfg = load_config(wise.WiseMethodConfig, args.config, list(args.overrides))
+    sources, seconds = {}, {}
+    for source in ("objectness",) + (() if args.no_retrieval else ("retrieval",)):
+        cfg.pseudo.candidates = source
+        start = time.perf_counter()
+        sources[source] = wise.make_candidates(tags_only, cfg, args.workdir)  # cached after the first run
+        seconds[source] = time.perf_counter() - start
+    gt_objects = sum(len(r.gt) for r in train)
+    rows = []
+    for name, source, mode, filters in VARIANTS:
+        if source not in sources:
+            continue
+        pcfg = PseudoLabelConfig(**{**vars(cfg.pseudo), "candidates": source, **filters})
+        draws = range(DRAWS) if mode == "sample" else range(1)
+        reports, counts = [], []
+        for epoch in draws:
+            preds = {i: pseudo_instances(c, mode, cfg.seed, epoch, pcfg) for i, c in sources[source].items()}
+            counts.append(sum(len(p) for p in preds.values()))
+            reports.append({s: evaluate(train, preds, subset=None if s == "all80" else s, coco=False)
+                            for s in ("all80", "voc20")})
+        row = {"name": name, "candidates": source, "mode": mode, "filters": filters, "instances": counts,
+               "reports": reports}
+        for s in ("all80", "voc20"):
+            for thr in ("0.25", "0.5", "0.7"):
+                vals = [r[s]["voc"]["mAP"][thr] for r in reports]
+                row[f"{s}@{thr}"] = statistics.mean(vals)
+                row[f"{s}@{thr}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            row[f"{s}_abo"] = statistics.mean(r[s]["voc"]["abo"] for r in reports)
+        rows.append(row)
+    result = {"images": len(train), "gt_objects": gt_objects, "config": str(args.config),
+              "overrides": args.overrides, "candidate_seconds": seconds, "draws": DRAWS, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(args.out.with_suffix(".json")) as f:
+        json.dump(result, f, indent=2)
+    print(f"{len(train)} training images, {gt_objects} ground-truth objects; mAP^r (VOC protocol) in %, "
+          f"sampled rows: mean of {DRAWS} draws\n")
+    print("| pseudo masks | instances | all80 @0.25 | @0.5 | @0.7 | ABO | voc20 @0.25 | @0.5 | @0.7 | ABO |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        cells = [f"{100 * r[f'{s}@{t}']:.1f}" for s in ("all80",) for t in ("0.25", "0.5", "0.7")]
+        cells += [f"{100 * r['all80_abo']:.1f}"]
+        cells += [f"{100 * r[f'voc20@{t}']:.1f}" for t in ("0.25", "0.5", "0.7")] + [f"{100 * r['voc20_abo']:.1f}"]
+        print(f"| {r['name']} | {round(statistics.mean(r['instances']))} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
