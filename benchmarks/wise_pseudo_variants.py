@@ -6,7 +6,7 @@ instances, and PRM's test-stage retrieval on the image's tags. Choosing among th
 images is allowed (no validation image is read). Writes ``<out>.json`` and prints a Markdown table.
 
     python benchmarks/wise_pseudo_variants.py --config benchmarks/wise_reference_cpu.yaml \
-        --workdir runs/wise3/wise [--no-retrieval] [key=value ...]
+        --workdir runs/wise3/wise [--train-limit N] [--no-retrieval] [key=value ...]
 
 Stage 1 (PRM) and the candidate sets are trained / computed in ``--workdir`` when not cached.
 Pseudo instances are scored as predictions whose score is the peak's class response (objectness
@@ -18,7 +18,10 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from common import ROOT, load_train_set
 from wsis.config import load_config
@@ -30,6 +33,8 @@ from wsis.structures import ImageRecord, RecordSet
 
 # (row name, candidate source, mode, filters); every filter is a PseudoLabelConfig field
 VARIANTS = [
+    # scored as the exported pseudo_labels.json was in wise.md (no scores: every instance 1)
+    ("paper: sampled (Eq. 1), every score 1", "objectness", "sample", {"unit_scores": True}),
     ("paper: sampled (Eq. 1)", "objectness", "sample", {}),
     ("argmax objectness", "objectness", "argmax", {}),
     ("sampled among top 3", "objectness", "sample", {"top_k": 3}),
@@ -50,10 +55,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/wise3/wise")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/wise_pseudo_variants")
     parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval rows (no PRM back-propagation)")
+    parser.add_argument("--train-limit", type=int,
+                        help="only the first N training images (those whose candidate sets are cached)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     train = load_train_set()
+    if args.train_limit:
+        train = train.subset([r.image_id for r in train][: args.train_limit])
     tags_only = RecordSet([ImageRecord(r.image_id, r.path, r.width, r.height, tags=r.tags, file_name=r.file_name)
                            for r in train], dict(train.categories), train.name)
     cfg = load_config(wise.WiseMethodConfig, args.config, list(args.overrides))
@@ -68,11 +77,15 @@ def main() -> None:
     for name, source, mode, filters in VARIANTS:
         if source not in sources:
             continue
-        pcfg = PseudoLabelConfig(**{**vars(cfg.pseudo), "candidates": source, **filters})
+        unit = filters.get("unit_scores", False)
+        pcfg = PseudoLabelConfig(**{**vars(cfg.pseudo), "candidates": source,
+                                    **{k: v for k, v in filters.items() if k != "unit_scores"}})
         draws = range(DRAWS) if mode == "sample" else range(1)
         reports, counts = [], []
         for epoch in draws:
             preds = {i: pseudo_instances(c, mode, cfg.seed, epoch, pcfg) for i, c in sources[source].items()}
+            if unit:
+                preds = {i: replace(p, scores=np.ones(len(p), np.float32)) for i, p in preds.items()}
             counts.append(sum(len(p) for p in preds.values()))
             reports.append({s: evaluate(train, preds, subset=None if s == "all80" else s, coco=False)
                             for s in ("all80", "voc20")})
@@ -85,7 +98,7 @@ def main() -> None:
                 row[f"{s}@{thr}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
             row[f"{s}_abo"] = statistics.mean(r[s]["voc"]["abo"] for r in reports)
         rows.append(row)
-    result = {"images": len(train), "gt_objects": gt_objects, "config": str(args.config),
+    result = {"images": len(train), "image_ids": [r.image_id for r in train], "gt_objects": gt_objects, "config": str(args.config),
               "overrides": args.overrides, "candidate_seconds": seconds, "draws": DRAWS, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
