@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common import ROOT, load_train_set
+from wsis import masks as mask_ops
 from wsis.config import load_config
 from wsis.data.images import atomic_write
 from wsis.eval import evaluate
@@ -43,10 +44,34 @@ VARIANTS = [
      {"peak_relative_threshold": 0.5, "nms_threshold": 0.5}),
     ("sampled among top 3 + peaks >= 0.5 max + class NMS 0.5", "objectness", "sample",
      {"top_k": 3, "peak_relative_threshold": 0.5, "nms_threshold": 0.5}),
+    ("PRM retrieval on the tags, every score 1", "retrieval", "argmax", {"unit_scores": True}),
     ("PRM retrieval on the tags", "retrieval", "argmax", {}),
     ("PRM retrieval on the tags + peaks >= 0.5 max", "retrieval", "argmax", {"peak_relative_threshold": 0.5}),
 ]
 DRAWS = 3  # sampled rows: mean over the draws of epochs 0..DRAWS-1
+
+
+def precision_recall(train: RecordSet, preds: dict, threshold: float = 0.5) -> tuple[float, float]:
+    """What a detector target set is judged by (its scores are not used in training): the share of
+    pseudo instances that match a ground-truth object of their class at mask IoU >= ``threshold``
+    and the share of objects matched; one-to-one, greedily in score order, per image and class."""
+    hits = total_pred = total_gt = 0
+    for r in train:
+        gt, p = r.gt, preds[r.image_id]
+        total_pred, total_gt = total_pred + len(p), total_gt + len(gt)
+        for c in np.unique(p.labels):
+            mine = np.flatnonzero(p.labels == c)
+            theirs = np.flatnonzero(gt.labels == c)
+            if not len(theirs):
+                continue
+            iou = mask_ops.iou([p.rles()[i] for i in mine], [gt.rles()[j] for j in theirs])
+            free = np.ones(len(theirs), bool)
+            for a in np.argsort(-p.scores[mine], kind="stable"):
+                cand = np.where(free, iou[a], -1.0)
+                if cand.max() >= threshold:
+                    free[cand.argmax()] = False
+                    hits += 1
+    return hits / max(total_pred, 1), hits / max(total_gt, 1)
 
 
 def main() -> None:
@@ -81,12 +106,13 @@ def main() -> None:
         pcfg = PseudoLabelConfig(**{**vars(cfg.pseudo), "candidates": source,
                                     **{k: v for k, v in filters.items() if k != "unit_scores"}})
         draws = range(DRAWS) if mode == "sample" else range(1)
-        reports, counts = [], []
+        reports, counts, prs = [], [], []
         for epoch in draws:
             preds = {i: pseudo_instances(c, mode, cfg.seed, epoch, pcfg) for i, c in sources[source].items()}
             if unit:
                 preds = {i: replace(p, scores=np.ones(len(p), np.float32)) for i, p in preds.items()}
             counts.append(sum(len(p) for p in preds.values()))
+            prs.append(precision_recall(train, preds))
             reports.append({s: evaluate(train, preds, subset=None if s == "all80" else s, coco=False)
                             for s in ("all80", "voc20")})
         row = {"name": name, "candidates": source, "mode": mode, "filters": filters, "instances": counts,
@@ -97,6 +123,8 @@ def main() -> None:
                 row[f"{s}@{thr}"] = statistics.mean(vals)
                 row[f"{s}@{thr}_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
             row[f"{s}_abo"] = statistics.mean(r[s]["voc"]["abo"] for r in reports)
+        row["precision@0.5"] = statistics.mean(x[0] for x in prs)
+        row["recall@0.5"] = statistics.mean(x[1] for x in prs)
         rows.append(row)
     result = {"images": len(train), "image_ids": [r.image_id for r in train], "gt_objects": gt_objects, "config": str(args.config),
               "overrides": args.overrides, "candidate_seconds": seconds, "draws": DRAWS, "rows": rows}
@@ -105,13 +133,15 @@ def main() -> None:
         json.dump(result, f, indent=2)
     print(f"{len(train)} training images, {gt_objects} ground-truth objects; mAP^r (VOC protocol) in %, "
           f"sampled rows: mean of {DRAWS} draws\n")
-    print("| pseudo masks | instances | all80 @0.25 | @0.5 | @0.7 | ABO | voc20 @0.25 | @0.5 | @0.7 | ABO |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| pseudo masks | instances | precision@0.5 | recall@0.5 | all80 @0.25 | @0.5 | @0.7 | ABO | "
+          "voc20 @0.25 | @0.5 | @0.7 | ABO |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         cells = [f"{100 * r[f'{s}@{t}']:.1f}" for s in ("all80",) for t in ("0.25", "0.5", "0.7")]
         cells += [f"{100 * r['all80_abo']:.1f}"]
         cells += [f"{100 * r[f'voc20@{t}']:.1f}" for t in ("0.25", "0.5", "0.7")] + [f"{100 * r['voc20_abo']:.1f}"]
-        print(f"| {r['name']} | {round(statistics.mean(r['instances']))} | " + " | ".join(cells) + " |")
+        print(f"| {r['name']} | {round(statistics.mean(r['instances']))} | {100 * r['precision@0.5']:.1f} | "
+              f"{100 * r['recall@0.5']:.1f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

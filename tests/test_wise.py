@@ -57,6 +57,11 @@ def test_prm_stage_gets_prms_photo_recipe(tmp_path):
     ref_cfg = load_config(MaskRCNNMethodConfig, bench / "reference_cpu.yaml")
     assert (wise_cfg.model, wise_cfg.data, wise_cfg.schedule) == (ref_cfg.model, ref_cfg.data, ref_cfg.schedule)
     assert wise_cfg.prm.model.frozen_backbone and wise_cfg.prm.model.class_prior == "imagenet"
+    # the retrieval variant differs from it in the pseudo-mask source only
+    retr = load_config(WiseMethodConfig, bench / "wise_retrieval_cpu.yaml")
+    assert retr.pseudo.candidates == "retrieval" and wise_cfg.pseudo.candidates == "objectness"
+    retr.pseudo.candidates = "objectness"
+    assert retr == wise_cfg
 
 
 def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
