@@ -53,8 +53,9 @@ def main() -> None:
     cfg = load_config(wise.WiseMethodConfig, args.config, list(args.overrides))
     candidates = wise.make_candidates(train, cfg, args.workdir)  # cached: no recomputation
 
-    rows = {"pseudo masks (argmax)": score(train, {i: pseudo_instances(c, "argmax") for i, c in candidates.items()})}
-    draws = [score(train, {i: pseudo_instances(c, "sample", cfg.seed, e) for i, c in candidates.items()})
+    rows = {"pseudo masks (argmax)": score(train, {i: pseudo_instances(c, "argmax", cfg=cfg.pseudo)
+                                                  for i, c in candidates.items()})}
+    draws = [score(train, {i: pseudo_instances(c, "sample", cfg.seed, e, cfg.pseudo) for i, c in candidates.items()})
              for e in range(args.draws)]
     rows["pseudo masks (sampled, epoch 0)"] = draws[0]
     rows["WISE"] = score(train, predictor.predict_records(train))

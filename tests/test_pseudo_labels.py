@@ -13,7 +13,7 @@ from wsis.proposals.cache import ProposalCache
 from wsis.proposals.precomputed import write_npz
 from wsis.methods.wise.pseudo_labels import (PeakCandidates, PseudoLabelConfig, PseudoLabeler, build_candidates, choose,
                                 most_probable, objectness_probabilities, peak_to_image, pseudo_instances,
-                                sample_positions, write_pseudo_labels)
+                                relative_peak_keep, restrict_top_k, sample_positions, write_pseudo_labels)
 from wsis.structures import ImageRecord, RecordSet
 
 torch.set_num_threads(1)
@@ -184,3 +184,101 @@ def test_labeler_peaks_of_tagged_classes_and_cache(tmp_path):
     again = labeler.candidates(record)
     np.testing.assert_array_equal(again.points, cands.points)
     assert (tmp_path / "pseudo" / "0.json").is_file()
+
+
+# ---------------------------------------------------------------- selection options (not in the paper)
+
+def test_restrict_top_k_renormalises_the_best_candidates():
+    # peak 0: 0.2, 0.5, 0.3 -> top 2 are 0.5, 0.3 -> 0.625, 0.375; peak 1 none; peak 2 one -> 1
+    got = restrict_top_k(np.array([0, 3, 3, 4]), np.array([0.2, 0.5, 0.3, 1.0]), 2)
+    np.testing.assert_allclose(got, [0.0, 0.625, 0.375, 1.0])
+
+
+def test_top_k_draws_only_the_most_probable_candidate():
+    props, masks = _three_proposals()
+    # (1,1): A 2/3, B 1/3; (4,4): B 1/4, C 3/4. With top_k=1 every draw is A and C.
+    cands = build_candidates(0, props, np.array([7, 9]), np.array([[1, 1], [4, 4]]), np.array([1.0, 1.0]))
+    cfg = PseudoLabelConfig(top_k=1)
+    for epoch in range(50):
+        inst = pseudo_instances(cands, "sample", 0, epoch, cfg)
+        np.testing.assert_array_equal(inst.mask_array(), np.stack([masks[0], masks[2]]))
+    # without it, B (the whole image) is drawn in some of 50 epochs (P(never) = (2/3 * 1/4... ) < 1e-8)
+    drawn_b = [bool(pseudo_instances(cands, "sample", 0, e).mask_array().all(axis=(1, 2)).any()) for e in range(50)]
+    assert any(drawn_b)
+
+
+def test_relative_peak_filter_keeps_peaks_near_their_class_maximum():
+    # class 7: values 5 and 2 (2 < 0.5 * 5 dropped); class 9: its only peak 3 is its maximum
+    np.testing.assert_array_equal(relative_peak_keep(np.array([7, 7, 9]), np.array([5.0, 2.0, 3.0]), 0.5),
+                                  [True, False, True])
+    props, masks = _three_proposals()
+    # peak (1,1) value 5 -> A; peak (0,5) value 2 -> B (only candidate); class 9 (4,4) -> C
+    cands = build_candidates(0, props, np.array([7, 7, 9]), np.array([[1, 1], [0, 5], [4, 4]]),
+                             np.array([5.0, 2.0, 3.0]))
+    inst = pseudo_instances(cands, "argmax", cfg=PseudoLabelConfig(peak_relative_threshold=0.5))
+    np.testing.assert_array_equal(inst.labels, [7, 9])
+    np.testing.assert_array_equal(inst.mask_array(), np.stack([masks[0], masks[2]]))
+
+
+def test_class_nms_among_pseudo_instances():
+    props, masks = _three_proposals()
+    # class 7: A (value 5) and B (value 4); IoU(A, B) = 9 / 36 = 0.25. Class 9: B (value 3).
+    cands = build_candidates(0, props, np.array([7, 7, 9]), np.array([[1, 1], [0, 5], [0, 4]]),
+                             np.array([5.0, 4.0, 3.0]))
+    inst = pseudo_instances(cands, "argmax", cfg=PseudoLabelConfig(nms_threshold=0.2))
+    # 0.25 > 0.2: class 7's weaker B goes; class 9's B stays (another class)
+    np.testing.assert_array_equal(inst.labels, [7, 9])
+    np.testing.assert_array_equal(inst.mask_array(), np.stack([masks[0], masks[1]]))
+    np.testing.assert_allclose(inst.scores, [5.0, 3.0])
+    kept = pseudo_instances(cands, "argmax", cfg=PseudoLabelConfig(nms_threshold=0.3))
+    np.testing.assert_array_equal(kept.labels, [7, 7, 9])
+    # the paper's behaviour (no cfg) is unchanged
+    np.testing.assert_array_equal(pseudo_instances(cands, "argmax").labels, [7, 7, 9])
+
+
+class _FakePRMPredictor(_FakePredictor):
+    """Peak response maps by hand: channel 0 (category 7) has one peak whose PRM covers rows 2-4,
+    cols 4-6 of the 8x8 scoring grid; channel 1 (9) one whose PRM covers rows 5-7, cols 0-2. Only the
+    channels whose threshold is below +inf give peaks (PRMPredictor._select_peaks' rule)."""
+
+    def __init__(self):
+        super().__init__()
+        self._thresholds = None
+        from wsis.proposals.retrieval import RetrievalConfig
+
+        self.cfg = type("Cfg", (), {"test": type("Test", (), {"retrieval": RetrievalConfig()})()})()
+
+    def prepare(self, image):
+        return torch.zeros(1, 3, 8, 8)
+
+    def peak_responses(self, x):
+        prms = np.stack([_box_mask(8, 8, 2, 5, 4, 7), _box_mask(8, 8, 5, 8, 0, 3)]).astype(np.float32)
+        allowed = self._thresholds.numpy() < 0  # tagged: -inf, others +inf
+        keep = np.flatnonzero(allowed[[0, 1]])
+        return np.array([0, 1])[keep], prms[keep], prms.copy()
+
+
+def test_retrieval_candidates_are_prms_test_stage_on_the_tags(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    inside = _box_mask(8, 8, 2, 5, 4, 7)      # covers channel 0's PRM
+    elsewhere = _box_mask(8, 8, 5, 8, 0, 3)   # covers channel 1's PRM (class 9, not tagged)
+    props = Proposals((8, 8), masks=mask_ops.encode_many(np.stack([elsewhere, inside])), objectness=[5.0, 1.0])
+    cache = ProposalCache(tmp_path / "proposals")
+    write_npz(cache.entry(path, "superpixel"), props)
+    predictor = _FakePRMPredictor()
+    labeler = PseudoLabeler(predictor, "superpixel", {}, cache, PseudoLabelConfig(candidates="retrieval"),
+                            tmp_path / "pseudo")
+    cands = labeler.candidates(ImageRecord(0, path, 8, 8, tags=(7,)))
+    # one instance, class 7, the proposal holding its PRM (not the higher-objectness one), probability 1
+    np.testing.assert_array_equal(cands.classes, [7])
+    np.testing.assert_array_equal(cands.offsets, [0, 1])
+    np.testing.assert_allclose(cands.probs, [1.0])
+    np.testing.assert_array_equal(mask_ops.decode_many(cands.masks), inside[None])
+    assert cands.values[0] > 0
+    assert predictor._thresholds is None  # restored
+    assert (tmp_path / "pseudo" / "retrieval" / "0.json").is_file()
+    inst = pseudo_instances(cands, "sample", 0, 3)
+    np.testing.assert_array_equal(inst.mask_array(), inside[None])

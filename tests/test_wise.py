@@ -57,6 +57,11 @@ def test_prm_stage_gets_prms_photo_recipe(tmp_path):
     ref_cfg = load_config(MaskRCNNMethodConfig, bench / "reference_cpu.yaml")
     assert (wise_cfg.model, wise_cfg.data, wise_cfg.schedule) == (ref_cfg.model, ref_cfg.data, ref_cfg.schedule)
     assert wise_cfg.prm.model.frozen_backbone and wise_cfg.prm.model.class_prior == "imagenet"
+    # the retrieval variant differs from it in the pseudo-mask source only
+    retr = load_config(WiseMethodConfig, bench / "wise_retrieval_cpu.yaml")
+    assert retr.pseudo.candidates == "retrieval" and wise_cfg.pseudo.candidates == "objectness"
+    retr.pseudo.candidates = "objectness"
+    assert retr == wise_cfg
 
 
 def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
@@ -74,6 +79,16 @@ def test_pseudo_targets_resample_per_epoch_and_argmax_is_fixed():
     fixed = PseudoTargets(cands, resample=False, seed=0)
     # argmax = objectness 4 = columns 0-4: 25 pixels, every epoch
     assert {int(mask_ops.area(fixed(rec, e).rles())[0]) for e in range(5)} == {25}
+    # pseudo.top_k reaches the targets: top 2 = objectness 3, 4 = columns 0-3 (20 px) or 0-4 (25 px)
+    top2 = PseudoTargets(cands, resample=True, seed=0, cfg=load_config(WiseMethodConfig, None, ["pseudo.top_k=2"]).pseudo)
+    assert {int(mask_ops.area(top2(rec, e).rles())[0]) for e in range(40)} == {20, 25}
+
+
+def test_pseudo_options_off_in_the_paper_config():
+    pseudo = load_config(WiseMethodConfig, CONFIGS / "wise.yaml").pseudo
+    assert (pseudo.candidates, pseudo.top_k, pseudo.peak_relative_threshold, pseudo.nms_threshold) == (
+        "objectness", None, None, None)
+    assert pseudo.resample
 
 
 @pytest.mark.slow

@@ -111,12 +111,13 @@ class WisePredictor(DetectorPredictor):
 class PseudoTargets:
     """``(record, epoch) -> Instances``: the pseudo masks an image trains on in an epoch."""
 
-    def __init__(self, candidates: dict[int, PeakCandidates], resample: bool, seed: int) -> None:
-        self.candidates, self.resample, self.seed = candidates, resample, seed
+    def __init__(self, candidates: dict[int, PeakCandidates], resample: bool, seed: int,
+                 cfg: PseudoLabelConfig | None = None) -> None:
+        self.candidates, self.resample, self.seed, self.cfg = candidates, resample, seed, cfg
 
     def __call__(self, record: ImageRecord, epoch: int) -> Instances:
         mode = "sample" if self.resample else "argmax"
-        return pseudo_instances(self.candidates[record.image_id], mode, self.seed, epoch)
+        return pseudo_instances(self.candidates[record.image_id], mode, self.seed, epoch, self.cfg)
 
 
 def fit_prm_stage(records: RecordSet, cfg: WiseMethodConfig, workdir: Path):
@@ -154,8 +155,9 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     tags_only = RecordSet([ImageRecord(r.image_id, r.path, r.width, r.height, tags=r.tags, file_name=r.file_name)
                            for r in records], dict(records.categories), records.name)
     candidates = make_candidates(tags_only, cfg, workdir)
-    write_pseudo_labels(tags_only, candidates, workdir / PSEUDO_JSON, mode="sample", seed=cfg.seed, epoch=0)
-    targets = PseudoTargets(candidates, cfg.pseudo.resample, cfg.seed)
+    write_pseudo_labels(tags_only, candidates, workdir / PSEUDO_JSON, mode="sample", seed=cfg.seed, epoch=0,
+                        cfg=cfg.pseudo)
+    targets = PseudoTargets(candidates, cfg.pseudo.resample, cfg.seed, cfg.pseudo)
     n = sum(c.num_peaks for c in candidates.values())
     return fit_detector(tags_only, targets, cfg, workdir, WisePredictor,
                         {"signal": "image-level tags", "pseudo_peaks": n})
@@ -174,4 +176,5 @@ def pseudo_label(records: RecordSet, config: str | Path | None = None, overrides
     of highest objectness. Returns them as records."""
     cfg = load_config(WiseMethodConfig, config, list(overrides))
     candidates = make_candidates(records, cfg, Path(workdir))
-    return write_pseudo_labels(records, candidates, out, mode=mode, seed=cfg.seed, epoch=epoch)  # type: ignore[arg-type]
+    return write_pseudo_labels(records, candidates, out, mode=mode, seed=cfg.seed, epoch=epoch,  # type: ignore[arg-type]
+                               cfg=cfg.pseudo)

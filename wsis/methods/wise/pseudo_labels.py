@@ -20,6 +20,20 @@ with probability proportional to objectness (Eq. 1); the pseudo instance takes t
   masks as RLE) are cached as JSON under ``cache_dir``, keyed by the image content, the proposal
   settings and the peak settings, so resampling costs no network pass and no proposal generation.
 
+Options that are not in the paper (``pseudo.*``; all off in ``wise.yaml``, chosen on the training
+images' own ground truth in ``benchmarks/results/wise.md``):
+
+* ``candidates="retrieval"``: each peak's candidates are replaced by the single proposal PRM's
+  *test stage* retrieves for it (Eq. 10's score, then PRM's instance NMS; :mod:`wsis.proposals.retrieval`),
+  with peaks restricted to the image's tags as above. The draw then has one candidate per instance,
+  so the pseudo masks are deterministic; the instance's score is the retrieval score.
+* ``top_k``: Eq. 1 restricted to each peak's ``top_k`` most objectness-probable candidates
+  (renormalised), so the draw never lands on a low-objectness proposal.
+* ``peak_relative_threshold``: a peak is kept only if its class response reaches this fraction of
+  the strongest peak of its class in the image (PRM's relative peak filter).
+* ``nms_threshold``: per-class mask NMS among an image's pseudo instances (strongest peak first), so
+  two peaks on one object do not give two overlapping targets.
+
 Export (:func:`write_pseudo_labels`): a COCO instances json, either one draw (``mode="sample"``,
 for a given seed and epoch) or each peak's most probable candidate (``mode="argmax"``: the proposal
 of highest objectness containing the peak) -- what a detector outside this toolkit trains on.
@@ -28,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -56,6 +70,20 @@ class PseudoLabelConfig:
     max_peaks_per_class: int = 8
     # False: every epoch trains on the argmax pseudo masks instead of a fresh draw (an ablation).
     resample: bool = True
+    # Not in the paper (module docstring): the candidate source and three selection filters.
+    candidates: Literal["objectness", "retrieval"] = "objectness"
+    top_k: int | None = None
+    peak_relative_threshold: float | None = None
+    nms_threshold: float | None = None
+
+    def candidate_key(self) -> dict:
+        """The settings the cached candidate sets depend on (the filters apply when drawing); the
+        paper's keys are those of the runs before the options existed, so their caches stay valid."""
+        key = {"peak_threshold": self.peak_threshold, "max_peaks_per_class": self.max_peaks_per_class,
+               "resample": self.resample}
+        if self.candidates != "objectness":
+            key["candidates"] = self.candidates
+        return key
 
 
 @dataclass
@@ -178,16 +206,65 @@ def sample_positions(cands: PeakCandidates, seed: int, epoch: int) -> np.ndarray
     return choose(cands.offsets, cands.probs, u)
 
 
-def pseudo_instances(cands: PeakCandidates, mode: SampleMode = "sample", seed: int = 0, epoch: int = 0) -> Instances:
-    """The pseudo instances of one image: a draw (``sample``) or the most probable candidates."""
-    pos = sample_positions(cands, seed, epoch) if mode == "sample" else most_probable(cands.offsets, cands.probs)
+def restrict_top_k(offsets: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
+    """``probs`` with each peak's candidates outside its ``k`` most probable set to 0 and the rest
+    renormalised (ties: the first candidates)."""
+    out = np.zeros_like(np.asarray(probs, np.float64))
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        if b > a:
+            top = a + np.argsort(-probs[a:b], kind="stable")[:k]
+            total = probs[top].sum()
+            out[top] = probs[top] / total if total > 0 else 1.0 / len(top)
+    return out
+
+
+def relative_peak_keep(classes: np.ndarray, values: np.ndarray, relative: float) -> np.ndarray:
+    """(K,) bool: peaks whose value reaches ``relative`` times the strongest peak of their class."""
+    keep = np.zeros(len(classes), bool)
+    for c in np.unique(classes):
+        members = classes == c
+        keep |= members & (values >= relative * values[members].max())
+    return keep
+
+
+def class_mask_nms(masks: Sequence[RLE], classes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Sorted indices kept by per-class greedy mask NMS (highest score first; stable on ties):
+    an instance is dropped when its mask IoU with a kept one of its class exceeds ``threshold``."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    kept: list[int] = []
+    for i in order:
+        same = [j for j in kept if classes[j] == classes[i]]
+        if same and mask_ops.iou([masks[i]], [masks[j] for j in same]).max() > threshold:
+            continue
+        kept.append(int(i))
+    return np.sort(np.asarray(kept, np.int64))
+
+
+def pseudo_instances(cands: PeakCandidates, mode: SampleMode = "sample", seed: int = 0, epoch: int = 0,
+                     cfg: PseudoLabelConfig | None = None) -> Instances:
+    """The pseudo instances of one image: a draw (``sample``) or the most probable candidates, with
+    ``cfg``'s selection filters (top_k, peak_relative_threshold, nms_threshold) when given."""
+    probs = cands.probs
+    if cfg is not None and cfg.top_k:
+        probs = restrict_top_k(cands.offsets, probs, cfg.top_k)
+    if mode == "sample":
+        u = np.random.default_rng([int(seed), int(epoch), int(cands.image_id)]).random(cands.num_peaks)
+        pos = choose(cands.offsets, probs, u)
+    else:
+        pos = most_probable(cands.offsets, probs)
     peak_of = np.repeat(np.arange(cands.num_peaks), np.diff(cands.offsets))[pos]
+    if cfg is not None and cfg.peak_relative_threshold:
+        ok = relative_peak_keep(cands.classes, cands.values, cfg.peak_relative_threshold)[peak_of]
+        pos, peak_of = pos[ok], peak_of[ok]
     pairs = np.stack([cands.classes[peak_of], cands.indices[pos]], axis=1)
     _, first = np.unique(pairs, axis=0, return_index=True)
     keep = np.sort(first)
     chosen = [cands.masks[i] for i in cands.indices[pos][keep]]
-    return Instances(cands.image_size, mask_ops.to_bbox(chosen), cands.classes[peak_of][keep],
-                     cands.values[peak_of][keep], chosen)
+    classes, values = cands.classes[peak_of][keep], cands.values[peak_of][keep]
+    if cfg is not None and cfg.nms_threshold is not None and len(chosen) > 1:
+        kept = class_mask_nms(chosen, classes, values, cfg.nms_threshold)
+        chosen, classes, values = [chosen[i] for i in kept], classes[kept], values[kept]
+    return Instances(cands.image_size, mask_ops.to_bbox(chosen), classes, values, chosen)
 
 
 # ---------------------------------------------------------------- peaks of a trained PRM
@@ -221,13 +298,57 @@ class PseudoLabeler:
         classes = np.asarray(self.predictor.category_ids, np.int64)[found[keep, 0]]
         return classes, points, values[keep]
 
+    def retrieved(self, record: ImageRecord, image: np.ndarray, proposals: Proposals) -> PeakCandidates:
+        """PRM's test stage on a training image, its peaks restricted to the tagged classes: one
+        candidate (probability 1) per retrieved instance; ``points`` are the peaks' cells mapped to
+        the image and ``values`` the retrieval scores."""
+        from wsis.proposals.retrieval import retrieve  # PRM's stage; only this option needs it
+
+        if proposals.masks is None:
+            raise InputError("proposals", "WISE needs mask proposals (box-only proposals give no pseudo masks)")
+        predictor = self.predictor
+        tagged = np.zeros(len(predictor.category_ids), bool)
+        tagged[[self._channel[t] for t in record.tags if t in self._channel]] = True
+        saved = predictor._thresholds
+        # the tags replace the class scores' thresholds: every tagged class passes, no other does
+        predictor._thresholds = torch.from_numpy(np.where(tagged, -np.inf, np.inf).astype(np.float32))
+        try:
+            x = predictor.prepare(image)
+            classes, prms, class_maps = predictor.peak_responses(x)
+        finally:
+            predictor._thresholds = saved
+        h, w = image.shape[:2]
+        s = x.shape[-1]
+        if len(classes) and len(proposals):
+            small = mask_ops.decode_resized(proposals.masks, proposals.image_size, s, s)
+            found = retrieve(prms, classes, class_maps, small, predictor.cfg.test.retrieval)
+        else:
+            found = None
+        n = 0 if found is None else len(found.proposal_index)
+        index = np.zeros(0, np.int64) if found is None else np.asarray(found.proposal_index, np.int64)
+        peak_cls = np.zeros(0, np.int64) if found is None else np.asarray(found.peak_classes, np.int64)
+        scores = np.zeros(0, np.float32) if found is None else np.asarray(found.scores, np.float32)
+        # a peak's location: the maximum of its merged response map, in image pixels
+        points = np.zeros((n, 2), np.int64)
+        if n:
+            flat = found.prms.reshape(n, -1).argmax(1)
+            points = np.stack([flat // s * h // s, flat % s * w // s], 1).astype(np.int64)
+        used, local = np.unique(index, return_inverse=True)
+        return PeakCandidates(int(record.image_id), (h, w),
+                              np.asarray(predictor.category_ids, np.int64)[peak_cls] if n else np.zeros(0, np.int64),
+                              points, scores, np.arange(n + 1, dtype=np.int64), local.astype(np.int64),
+                              np.ones(n), [proposals.masks[i] for i in used])
+
     def _key(self, record: ImageRecord) -> str:
-        parts = [file_sha1(record.path), settings_key(self.method, self.settings), json.dumps(asdict(self.cfg), sort_keys=True)]
+        parts = [file_sha1(record.path), settings_key(self.method, self.settings),
+                 json.dumps(self.cfg.candidate_key(), sort_keys=True)]
         return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
     def candidates(self, record: ImageRecord) -> PeakCandidates:
         """The image's candidate sets, from the cache when its key matches, else computed and cached."""
-        path = self.cache_dir / f"{record.image_id}.json"
+        # each candidate source its own folder, so switching between them does not evict the other
+        folder = self.cache_dir if self.cfg.candidates == "objectness" else self.cache_dir / self.cfg.candidates
+        path = folder / f"{record.image_id}.json"
         key = self._key(record)
         if path.is_file():
             try:
@@ -237,10 +358,13 @@ class PseudoLabeler:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 pass  # a foreign or damaged file is recomputed
         image = load_image(record.path)
-        classes, points, values = self.peaks(record, image)
         proposals = self.proposal_cache.get_or_compute(record.path, self.method, **self.settings)
-        cands = build_candidates(record.image_id, proposals, classes, points, values)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.candidates == "retrieval":
+            cands = self.retrieved(record, image, proposals)
+        else:
+            classes, points, values = self.peaks(record, image)
+            cands = build_candidates(record.image_id, proposals, classes, points, values)
+        folder.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
             json.dump({"key": key, **cands.to_json()}, f)
         return cands
@@ -253,20 +377,21 @@ class PseudoLabeler:
 # ---------------------------------------------------------------- export
 
 def pseudo_recordset(records: RecordSet, candidates: dict[int, PeakCandidates], mode: SampleMode = "sample",
-                     seed: int = 0, epoch: int = 0) -> RecordSet:
+                     seed: int = 0, epoch: int = 0, cfg: PseudoLabelConfig | None = None) -> RecordSet:
     """The records with their pseudo instances as ground truth (tags kept)."""
     out = []
     for r in records:
-        inst = pseudo_instances(candidates[r.image_id], mode, seed, epoch)
+        inst = pseudo_instances(candidates[r.image_id], mode, seed, epoch, cfg)
         out.append(ImageRecord(r.image_id, r.path, r.width, r.height, tags=r.tags, gt=inst, file_name=r.file_name))
     return RecordSet(out, dict(records.categories), name=f"{records.name} WISE pseudo labels ({mode})".strip())
 
 
 def write_pseudo_labels(records: RecordSet, candidates: dict[int, PeakCandidates], path: str | Path,
-                        mode: SampleMode = "sample", seed: int = 0, epoch: int = 0) -> RecordSet:
+                        mode: SampleMode = "sample", seed: int = 0, epoch: int = 0,
+                        cfg: PseudoLabelConfig | None = None) -> RecordSet:
     """Write the pseudo labels as a COCO instances json (RLE masks) and return them as records."""
     if mode not in ("sample", "argmax"):
         raise InputError("mode", f"must be 'sample' or 'argmax', not {mode!r}")
-    pseudo = pseudo_recordset(records, candidates, mode, seed, epoch)
+    pseudo = pseudo_recordset(records, candidates, mode, seed, epoch, cfg)
     write_coco_gt(pseudo, path)
     return pseudo
