@@ -113,6 +113,28 @@ class _TimmFeatures(nn.Module):
         return self.model.forward_features(images)
 
 
+def split_stages(backbone: "Backbone", stages: int) -> tuple[nn.Module, nn.Module]:
+    """``(prefix, rest)`` of ``backbone`` with ``rest(prefix(x)) == backbone(x)``: the prefix is the stem
+    and the first ``stages`` stages (EfficientNet's ``blocks[:stages]``, ResNet's ``layer1..``), the
+    modules freezing ``stages`` stages leaves frozen (detectron2's ``FREEZE_AT`` counts the same way,
+    with the stem as stage 1). Both share the backbone's modules: training ``rest`` trains the backbone."""
+    body = backbone.body
+    if isinstance(body, _TimmFeatures) and hasattr(body.model, "blocks"):
+        m = body.model
+        count = len(m.blocks)
+        parts = [m.conv_stem, m.bn1, *m.blocks[:stages]], [*m.blocks[stages:], m.conv_head, m.bn2]
+    elif backbone.name == "resnet50":
+        count = 4
+        parts = list(body[:4 + stages]), list(body[4 + stages:])
+    else:
+        raise InputError("config", f"model.frozen_stages is not defined for backbone {backbone.name!r} "
+                         "(EfficientNet-Lite and resnet50 only)")
+    if not 0 < stages < count:
+        raise InputError("config", f"model.frozen_stages must be 1..{count - 1} for {backbone.name} "
+                         f"({count} stages; freezing all of them is model.frozen_backbone=true), not {stages}")
+    return nn.Sequential(*parts[0]), nn.Sequential(*parts[1])
+
+
 # ---------------------------------------------------------------- EfficientNet-Lite0/1/2
 
 # EfficientNet-PyTorch names the blocks of all stages in one flat list; timm nests them per stage.

@@ -145,7 +145,12 @@ class PRMNet(nn.Module):
 
     def crm(self, images: torch.Tensor) -> torch.Tensor:
         """Class response maps upsampled by ``sub_pixel_factor`` (where peaks are searched)."""
-        maps = self.raw_crm(images)
+        return self.crm_from_features(self.backbone(images))
+
+    def crm_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """:meth:`crm` of the backbone's output ``features`` (training on a partly frozen backbone
+        runs the backbone's trainable part itself)."""
+        maps = self.classifier(features)
         if self.sub_pixel_factor > 1:
             maps = F.interpolate(maps, scale_factor=self.sub_pixel_factor, mode="bilinear", align_corners=True)
         return maps

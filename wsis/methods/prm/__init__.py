@@ -38,13 +38,14 @@ from wsis.cues.peaks import scores_and_peaks, select_peaks
 from wsis.cues.prm import PRMNet, prm_loss, prm_optimizer
 from wsis.data.images import load_image
 from wsis.data.torch_data import TagDataset, resize_square
-from wsis.engine import Trainer
+from wsis.engine import Trainer, pick_device
 from wsis.engine.schedule import schedule_hooks, schedule_length
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
 from wsis.methods.prm.config import (CalibrationConfig, PRMDataConfig, PRMFeatureDataConfig, PRMMethodConfig,
                                      PRMModelConfig, PRMNetConfig, PRMScheduleConfig, PRMTestConfig)
 from wsis.methods.prm.frozen import apply_prior, check, fit_frozen
+from wsis.methods.prm.staged import staged_training
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
 from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
@@ -85,17 +86,24 @@ def build_model(cfg: PRMNetConfig, num_classes: int, pretrained: bool | str | No
 
 
 def train_finetuned(model: PRMNet, dataset: TagDataset, schedule: PRMScheduleConfig, workdir: Path,
-                    meta: dict[str, Any], *, device: str, seed: int, num_workers: int) -> None:
+                    meta: dict[str, Any], *, device: str, seed: int, num_workers: int,
+                    frozen_stages: int = 0, feature_cache: Path | None = None) -> None:
     """The reference's training: every layer by SGD on the peak-stimulated multi-label loss, the
-    backbone at ``backbone_lr_mult`` x the rate; resumes from ``workdir``."""
+    backbone at ``backbone_lr_mult`` x the rate; resumes from ``workdir``. With ``frozen_stages`` the
+    stem and that many backbone stages stay frozen and their output is cached in ``feature_cache``
+    (:mod:`wsis.methods.prm.staged`)."""
     def step(net: torch.nn.Module, batch: Any) -> torch.Tensor:
-        images, targets = batch
-        return prm_loss(net(images), targets)
+        inputs, targets = batch
+        return prm_loss(net(inputs), targets)
 
+    net, data = model, dataset
+    if frozen_stages:
+        net, data = staged_training(model, dataset, frozen_stages, feature_cache or workdir / "features",
+                                    device=pick_device(device))
     optimizer = prm_optimizer(model, schedule.lr, schedule.backbone_lr_mult, schedule.momentum, schedule.weight_decay)
-    Trainer(model, optimizer, step_fn=step, workdir=workdir, **schedule_length(schedule),
+    Trainer(net, optimizer, step_fn=step, workdir=workdir, **schedule_length(schedule),
             hooks=schedule_hooks(schedule, optimizer), device=device, seed=seed, batch_size=schedule.batch_size,
-            num_workers=num_workers, config=meta).fit(dataset)
+            num_workers=num_workers, config=meta).fit(data)
 
 
 def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequence[str] = (),
@@ -125,7 +133,8 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
         dataset = TagDataset(records.records, category_ids, image_size=cfg.data.image_size,
                              train=cfg.data.hflip, normalize=model.backbone.normalize, seed=cfg.seed)
         train_finetuned(model, dataset, cfg.schedule, workdir, meta, device=cfg.device, seed=cfg.seed,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, frozen_stages=cfg.model.frozen_stages,
+                        feature_cache=Path(cfg.data.feature_cache) if cfg.data.feature_cache else None)
     save_trained(workdir, model, meta, started)
     return PRMPredictor(model, cfg, category_ids, records.categories, workdir, meta.get("class_thresholds"))
 

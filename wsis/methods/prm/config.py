@@ -35,6 +35,9 @@ class PRMModelConfig(PRMNetConfig):
     frozen_backbone: bool = False
     class_prior: Literal["imagenet", "none"] = "none"
     train_sub_pixel_factor: int = 1  # frozen backbone only: the peak search of the training loss
+    # fine-tuning only, not in the paper: the stem and this many backbone stages stay frozen, their
+    # output cached on disk (wsis.methods.prm.staged); 0 fine-tunes every layer, as the paper
+    frozen_stages: int = 0
 
 
 @dataclass

@@ -42,6 +42,11 @@ def check(cfg: "PRMMethodConfig") -> None:
     if cfg.calibration.thresholds == "calibrated" and not cfg.model.frozen_backbone:
         raise InputError("config", "calibration.thresholds=calibrated needs model.frozen_backbone=true: calibration "
                          "trains the classifier once per fold, affordable only on cached features")
+    if cfg.model.frozen_stages and cfg.model.frozen_backbone:
+        raise InputError("config", "model.frozen_stages is for fine-tuning; model.frozen_backbone=true already "
+                         "freezes every stage: set one of them")
+    if cfg.model.frozen_stages < 0:
+        raise InputError("config", f"model.frozen_stages must be >= 0, not {cfg.model.frozen_stages}")
     if cfg.model.class_prior not in ("imagenet", "none"):
         raise InputError("config", f"model.class_prior must be imagenet or none, not {cfg.model.class_prior!r}")
     schedule_length(cfg.schedule)
