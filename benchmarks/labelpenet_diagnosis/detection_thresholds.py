@@ -12,7 +12,8 @@ from wsis.methods.labelpenet.model import LabelPENet
 from wsis.engine.checkpoint import load_checkpoint
 from wsis.data.images import load_image
 from wsis.methods.labelpenet.inference import detection_view, _scaled
-wd = Path(sys.argv[1]); snap = sys.argv[2]
+wd = Path(sys.argv[1])
+snap = sys.argv[2]
 val = make_scenes(wd / "data/val", num_images=16, seed=1, image_size=(128, 128))
 cat = sorted(val.categories)
 res = {"snapshot": snap}
@@ -33,9 +34,11 @@ for r in val:
     small, x, scale = _scaled(cfg, img, cfg.test.size, torch.device("cpu"))
     v = detection_view(net, x)
     gt = torch.as_tensor(np.asarray(r.gt.boxes), dtype=torch.float32).reshape(-1, 4)
-    if gt.numel() == 0: continue
+    if gt.numel() == 0:
+        continue
     iou = box_iou(torch.as_tensor(v["regressed"]) / scale, gt)
     best_iou.append(float(iou.max(0).values.mean()))
     best_fg.append(float(v["scores"].max()))
-res["mean_best_rpn_iou_per_gt"] = float(np.mean(best_iou)); res["mean_max_fg_prob"] = float(np.mean(best_fg))
+res["mean_best_rpn_iou_per_gt"] = float(np.mean(best_iou))
+res["mean_max_fg_prob"] = float(np.mean(best_fg))
 print(json.dumps(res))

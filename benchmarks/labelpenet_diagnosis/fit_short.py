@@ -6,7 +6,8 @@ torch.set_num_threads(1)
 from pathlib import Path
 from wsis.data.synthetic import make_scenes
 from wsis.methods import labelpenet
-wd = Path(sys.argv[1]); det_it = int(sys.argv[2])
+wd = Path(sys.argv[1])
+det_it = int(sys.argv[2])
 train = make_scenes(wd / "data/train", num_images=16, seed=0, image_size=(128, 128))
 make_scenes(wd / "data/val", num_images=16, seed=1, image_size=(128, 128))
 ov = ["schedule.classification.iterations=100", "schedule.classification.lr_steps=[80]",

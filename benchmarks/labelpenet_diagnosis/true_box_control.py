@@ -9,7 +9,10 @@ from wsis.methods import labelpenet
 from wsis.methods.labelpenet.calibration import Candidates
 from wsis.methods.labelpenet.data import SupervisionStore
 from wsis.eval.detection import corloc, detection_ap
-wd = Path(sys.argv[1]); w = float(sys.argv[2]); it = int(sys.argv[3]); trained = Path(sys.argv[4])
+wd = Path(sys.argv[1])
+w = float(sys.argv[2])
+it = int(sys.argv[3])
+trained = Path(sys.argv[4])
 train = make_scenes(wd / "data/train", num_images=16, seed=0, image_size=(128, 128))
 val = make_scenes(wd / "data/val", num_images=16, seed=1, image_size=(128, 128))
 cat = sorted(train.categories)
