@@ -63,9 +63,16 @@ class FeatureCache:
         name = getattr(backbone, "name", type(backbone).__name__)
         self.folder = self.root / f"{name}-{weights_key(backbone)}" / str(self.size)
         self.computed = 0  # forward passes run by this object (the rest came from disk)
+        # A training loop asks for the same files every epoch: hash each one once while its size and
+        # modification time stay the same, instead of reading the image again per lookup.
+        self._keys: dict[tuple[str, int, int], str] = {}
 
     def entry(self, image_path: str | Path, flip: bool) -> Path:
-        key = file_sha1(image_path)
+        stat = os.stat(image_path)
+        ident = (str(image_path), stat.st_mtime_ns, stat.st_size)
+        key = self._keys.get(ident)
+        if key is None:
+            key = self._keys[ident] = file_sha1(image_path)
         return self.folder / key[:2] / f"{key}-{'flip' if flip else 'plain'}.npy"
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -84,7 +85,7 @@ class StagedPRM(nn.Module):
 
 
 def staged_training(model: PRMNet, tags: TagDataset, stages: int, cache_dir: Path,
-                    device: str = "cpu") -> tuple[StagedPRM, PrefixFeatureDataset]:
+                    device: str | torch.device = "cpu") -> tuple[StagedPRM, PrefixFeatureDataset]:
     """The training model and dataset of fine-tuning ``model`` with ``stages`` frozen stages."""
     cache = FeatureCache(cache_dir, _FrozenPrefix(model, stages), tags.image_size, device=device)
     # Filled here, in this process: data-loader workers then only read files (a forked worker must not
