@@ -71,7 +71,7 @@ from wsis.methods.base import Predictor, register
 from wsis.methods.labelpenet.calibration import Candidates
 from wsis.methods.labelpenet.config import MODULES, LabelPENetConfig
 from wsis.methods.labelpenet.curriculum import PhaseHook, curriculum_losses, phase_of, unfreeze_backbone
-from wsis.methods.labelpenet.data import LabelPENetDataset, SupervisionStore, collate
+from wsis.methods.labelpenet.data import LabelPENetDataset, SupervisionStore, collate, keep_proposals
 from wsis.methods.labelpenet.inference import label_image, predict_image
 from wsis.methods.labelpenet.model import LabelPENet
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
@@ -132,7 +132,9 @@ def label_records(net: LabelPENet, module: str, records: Sequence[ImageRecord], 
     for r in tqdm(todo, desc=f"labelpenet: {module} outputs", unit="img", disable=not is_main() or not todo):
         tags = np.zeros(len(category_ids), bool)
         tags[[index[t] for t in r.tags if t in index]] = True
-        proposals = cfg.proposals.get(proposal_cache, r.path).boxes if module == "classification" else None
+        proposals = None
+        if module == "classification":
+            proposals = keep_proposals(cfg.proposals.get(proposal_cache, r.path).boxes, cfg.data.min_proposal_size)
         store.save(r.image_id, label_image(net, module, load_image(r.path), tags, proposals, cfg, device))
     return len(todo)
 
@@ -252,7 +254,9 @@ class LabelPENetPredictor(Predictor):
     def predict(self, record: ImageRecord, image: np.ndarray | None = None, module: str | None = None) -> Instances:
         image = load_image(record.path) if image is None else image
         module = module or self.cfg.test.module
-        proposals = self.proposals(record).boxes if module == "classification" else None
+        proposals = None
+        if module == "classification":
+            proposals = keep_proposals(self.proposals(record).boxes, self.cfg.data.min_proposal_size)
         c = predict_image(self.net, module, image, proposals, self.cfg, self.device)
         h, w = image.shape[:2]
         return as_instances(c, self.labels_of(c.labels), h, w)

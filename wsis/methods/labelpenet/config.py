@@ -44,6 +44,9 @@ class LabelPENetDataConfig:
     scales: list[int] = field(default_factory=lambda: [480, 576, 688, 864, 1024])  # shorter side (4.2)
     max_size: int = 1200
     hflip: bool = True
+    # the classification module's proposals narrower or shorter than this (image pixels) are dropped
+    # in training, labelling and test (0: none; the paper keeps all of selective search's ~1,600)
+    min_proposal_size: float = 0.0
 
 
 @dataclass

@@ -58,6 +58,13 @@ class SupervisionStore:
                               z["weights"].astype(np.float32))
 
 
+def keep_proposals(boxes: np.ndarray, min_size: float) -> np.ndarray:
+    """The (N, 4) xyxy ``boxes`` whose sides are both at least ``min_size`` (``data.min_proposal_size``)."""
+    if min_size <= 0:
+        return boxes
+    return boxes[np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_size]
+
+
 def resize_shorter(image: np.ndarray, shorter: int, max_size: int) -> tuple[np.ndarray, float]:
     """``image`` with its shorter side at ``shorter`` (longer side at most ``max_size``) and the scale."""
     h, w = image.shape[:2]
@@ -134,7 +141,8 @@ class LabelPENetDataset(Dataset):
                   "scale": scale, "flip": flip}
         if self.proposals is not None:
             cache, pcfg = self.proposals
-            sample["proposals"] = torch.from_numpy(map_boxes(pcfg.get(cache, record.path).boxes, scale, w, flip))
+            boxes = keep_proposals(pcfg.get(cache, record.path).boxes, self.data.min_proposal_size)
+            sample["proposals"] = torch.from_numpy(map_boxes(boxes, scale, w, flip))
         sample["targets"] = {module: target_of(store.load(record.image_id), scale, h, w, flip)
                              for module, store in self.supervision.items()}
         return sample
