@@ -45,6 +45,7 @@ from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
 from wsis.eval.subsets import voc20_ids
 from wsis.eval.tags import tag_map, threshold_precision_recall
+from wsis.proposals.fill import with_fill
 from wsis.proposals.retrieval import contour_masks, proposal_scores, select_instances
 from wsis.structures import Instances
 
@@ -218,10 +219,13 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
             continue
         found = select_instances(scores[sel], prms[sel], peaks_np[sel, 1], small, cfg.test.retrieval.nms_threshold,
                                  merge=cfg.test.retrieval.merge_peak_response, class_aware=cfg.test.retrieval.class_aware_nms)
-        chosen = [props.masks[i] for i in found.proposal_index]
-        labels = cat_ids[found.peak_classes] if len(chosen) else np.zeros(0, np.int64)
+        index, picked, picked_scores = with_fill(found.proposal_index, found.peak_classes, found.scores,
+                                                 peaks_np[sel, 1], class_maps, small, contours, cfg.test.fill,
+                                                 cfg.test.retrieval.size_limit)  # as PRMPredictor.predict
+        chosen = [props.masks[i] for i in index]
+        labels = cat_ids[picked] if len(chosen) else np.zeros(0, np.int64)
         out["preds"][kind] = Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels,
-                                       scores=found.scores, masks=chosen)
+                                       scores=picked_scores, masks=chosen)
     # (d) per oracle peak, before NMS
     if "gt_dense" not in memo:
         memo["gt_dense"] = mask_ops.decode_many(gt_rles, (h, w)) if gt_rles else np.zeros((0, h, w), bool)
