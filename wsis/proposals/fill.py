@@ -8,7 +8,8 @@ class that kept a peak by how well they outline a blob of its class map::
 
     quality(M, c) = mean(A_c in M) - contrast * mean(A_c on contour(M))
 
-with ``A_c`` the class map clipped at 0 and divided by its maximum (so quality <= 1), and adds the
+with ``A_c`` the class map clipped at 0 and divided by its maximum (so quality <= 1) and the contour a
+ring of ``contour_width`` on a grid of about 112 pixels (:func:`sampling_step`), and adds the
 best ones, greedily, that overlap no kept instance of the class by ``nms_threshold`` or more. A part
 inside a blob has a bright contour and a proposal much larger than the blob a dim inside, so both
 rank below a proposal that follows the blob's edge.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wsis.errors import InputError
-from wsis.proposals.retrieval import chunked_products
+from wsis.proposals.retrieval import chunked_products, contour_masks
 
 
 @dataclass
@@ -33,6 +34,7 @@ class FillConfig:
     per_class: int = 0  # fill instances per class that kept a peak; 0: off (the papers)
     nms_threshold: float = 0.5  # a fill instance overlaps no kept instance of its class by this mask IoU
     contrast: float = 1.0  # weight of the contour term of the quality (module docstring)
+    contour_width: int = 3  # of the contour, on the fill's ~112-pixel sampling grid (sampling_step)
     score_offset: float = -2.0  # fill score = score_offset + quality (quality <= 1)
     candidates: int = 300  # best-quality proposals examined per class (bounds the greedy loop)
 
@@ -41,6 +43,8 @@ class FillConfig:
             raise InputError("config", f"test.fill.per_class must be >= 0, not {self.per_class}")
         if not 0.0 < self.nms_threshold <= 1.0:
             raise InputError("config", f"test.fill.nms_threshold must be in (0, 1], not {self.nms_threshold}")
+        if self.contour_width < 1:
+            raise InputError("config", f"test.fill.contour_width must be >= 1, not {self.contour_width}")
         if self.candidates < 1:
             raise InputError("config", f"test.fill.candidates must be >= 1, not {self.candidates}")
 
@@ -61,11 +65,22 @@ def normalised_maps(class_maps: np.ndarray) -> np.ndarray:
     return pos / np.where(top > 0, top, 1.0)[:, None, None]
 
 
-def fill_quality(class_maps: np.ndarray, masks: np.ndarray, contours: np.ndarray, contrast: float,
-                 size_limit: tuple[float, float]) -> np.ndarray:
-    """(K, P) quality of every proposal (P, H, W) for every class map (K, H, W); -inf outside the
-    size limits (fractions of the image area) and for empty masks."""
-    maps = normalised_maps(class_maps)
+def sampling_step(height: int, width: int, side: int = 112) -> int:
+    """Every how many pixels the fill samples the maps and masks: about ``side`` samples along the
+    longer side. The quality is a mean over regions and rings a few percent of the image wide, and
+    the overlap test a threshold at 0.5: a 112-pixel grid decides them as the full one does, at a
+    sixteenth of the cost at the scoring resolution of 448."""
+    return max(1, max(height, width) // side)
+
+
+def fill_quality(class_maps: np.ndarray, masks: np.ndarray, contrast: float, size_limit: tuple[float, float],
+                 step: int = 1, contour_width: int = 3) -> np.ndarray:
+    """(K, P) quality of every proposal (P, H, W) for every class map (K, H, W) on the grid of every
+    ``step``-th pixel, where the contour is the masks' morphological gradient of ``contour_width``;
+    -inf outside the size limits (fractions of the image area) and for masks empty on the grid."""
+    maps = normalised_maps(class_maps)[:, ::step, ::step]
+    masks = np.ascontiguousarray(masks[:, ::step, ::step])
+    contours = contour_masks(masks, contour_width)
     h, w = masks.shape[1:]
     area = masks.reshape(len(masks), -1).sum(axis=1).astype(np.float64)
     ring = contours.reshape(len(contours), -1).sum(axis=1).astype(np.float64)
@@ -73,30 +88,21 @@ def fill_quality(class_maps: np.ndarray, masks: np.ndarray, contours: np.ndarray
     inside = both[:, : len(masks)] / np.maximum(area, 1.0)
     on_contour = both[:, len(masks):] / np.maximum(ring, 1.0)
     quality = inside - contrast * on_contour
-    bad = (area < max(size_limit[0] * h * w, 1.0)) | (area >= size_limit[1] * h * w)
+    bad = (area == 0) | (area < size_limit[0] * h * w) | (area >= size_limit[1] * h * w)
     quality[:, bad] = -np.inf
     return quality
 
 
-def _coarse(masks: np.ndarray, side: int = 112) -> np.ndarray:
-    """(P, H, W) bool -> (P, side*side) bool by nearest sampling: enough for an IoU test at 0.5."""
-    h, w = masks.shape[1:]
-    ys = (np.arange(min(side, h)) * h) // min(side, h)
-    xs = (np.arange(min(side, w)) * w) // min(side, w)
-    return masks[:, ys][:, :, xs].reshape(len(masks), -1)
-
-
-def fill_instances(classes: np.ndarray, class_maps: np.ndarray, masks: np.ndarray, contours: np.ndarray,
-                   kept_proposals: np.ndarray, kept_classes: np.ndarray, cfg: FillConfig,
+def fill_instances(classes: np.ndarray, class_maps: np.ndarray, masks: np.ndarray, kept_proposals: np.ndarray, kept_classes: np.ndarray, cfg: FillConfig,
                    size_limit: tuple[float, float]) -> Filled:
     """Fill instances for each class index in ``classes`` (see the module docstring). ``class_maps``
-    (C, H, W) is indexed by class; ``masks`` / ``contours`` (P, H, W) are the proposals at the same
-    resolution; ``kept_proposals`` / ``kept_classes`` are the instances retrieval already kept."""
+    (C, H, W) is indexed by class; ``masks`` (P, H, W) are the proposals at the same resolution; ``kept_proposals`` / ``kept_classes`` are the instances retrieval already kept."""
     classes = np.unique(np.asarray(classes, dtype=np.int64))
     if cfg.per_class == 0 or len(classes) == 0 or len(masks) == 0:
         return Filled(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-    quality = fill_quality(class_maps[classes], masks, contours, cfg.contrast, size_limit)
-    coarse = _coarse(masks)
+    step = sampling_step(*masks.shape[1:])
+    quality = fill_quality(class_maps[classes], masks, cfg.contrast, size_limit, step, cfg.contour_width)
+    coarse = masks[:, ::step, ::step].reshape(len(masks), -1)
     areas = coarse.sum(axis=1).astype(np.float64)
     kept_proposals = np.asarray(kept_proposals, dtype=np.int64)
     kept_classes = np.asarray(kept_classes, dtype=np.int64)
@@ -124,12 +130,12 @@ def fill_instances(classes: np.ndarray, class_maps: np.ndarray, masks: np.ndarra
 
 
 def with_fill(index: np.ndarray, classes: np.ndarray, scores: np.ndarray, peak_classes: np.ndarray,
-              class_maps: np.ndarray, masks: np.ndarray, contours: np.ndarray, cfg: FillConfig,
+              class_maps: np.ndarray, masks: np.ndarray, cfg: FillConfig,
               size_limit: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Retrieval's kept instances (proposal indices, class indices, scores) followed by the fill
     instances of the peaks' classes; unchanged when the fill is off."""
     if not cfg.per_class:
         return index, classes, scores
-    extra = fill_instances(peak_classes, class_maps, masks, contours, index, classes, cfg, size_limit)
+    extra = fill_instances(peak_classes, class_maps, masks, index, classes, cfg, size_limit)
     return (np.concatenate([index, extra.proposal_index]), np.concatenate([classes, extra.classes]),
             np.concatenate([scores, extra.scores]))

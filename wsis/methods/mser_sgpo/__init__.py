@@ -78,7 +78,7 @@ from wsis.engine.schedule import schedule_length
 from wsis.proposals.config import ProposalConfig
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, save_weights, trained_categories
 from wsis.proposals.fill import with_fill
-from wsis.proposals.retrieval import contour_masks, retrieve
+from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
 
@@ -427,8 +427,7 @@ class MSERSGPOPredictor(Predictor):
             # the fill ranks by what any stage's class map sees of the class (the stages' maximum)
             stage_max = class_maps.reshape(-1, num_classes, s, s).max(axis=0)
             index_kept, classes, scores = with_fill(index_kept, classes, scores, index % num_classes, stage_max, small,
-                                                    contour_masks(small, test.retrieval.contour_width), test.fill,
-                                                    test.retrieval.size_limit)
+                                                    test.fill, test.retrieval.size_limit)
         chosen = [props.masks[i] for i in index_kept]
         labels = self.labels_of(classes)
         return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=scores, masks=chosen)

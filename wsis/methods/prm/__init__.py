@@ -50,7 +50,7 @@ from wsis.methods.prm.frozen import apply_prior, check, fit_frozen
 from wsis.methods.prm.staged import staged_training
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
 from wsis.proposals.fill import with_fill
-from wsis.proposals.retrieval import contour_masks, retrieve
+from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
 __all__ = ["CalibrationConfig", "PRMDataConfig", "PRMFeatureDataConfig", "PRMMethodConfig", "PRMModelConfig",
@@ -239,10 +239,9 @@ class PRMPredictor(Predictor):
         s = x.shape[-1]
         small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
         test = self.cfg.test
-        contours = contour_masks(small, test.retrieval.contour_width)
-        found = retrieve(prms, classes, class_maps, small, test.retrieval, contours)
+        found = retrieve(prms, classes, class_maps, small, test.retrieval)
         index, picked, scores = with_fill(found.proposal_index, found.peak_classes, found.scores, classes,
-                                          class_maps, small, contours, test.fill, test.retrieval.size_limit)
+                                          class_maps, small, test.fill, test.retrieval.size_limit)
         chosen = [props.masks[i] for i in index]
         return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=self.labels_of(picked), scores=scores,
                          masks=chosen)
