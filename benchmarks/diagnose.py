@@ -45,6 +45,7 @@ from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
 from wsis.eval.subsets import voc20_ids
 from wsis.eval.tags import tag_map, threshold_precision_recall
+from wsis.proposals.fill import with_fill
 from wsis.proposals.retrieval import contour_masks, proposal_scores, select_instances
 from wsis.structures import Instances
 
@@ -210,7 +211,11 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
     if contour_key not in memo:
         memo[contour_key] = contour_masks(small, cfg.test.retrieval.contour_width)
     contours = memo[contour_key]
-    scores = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.test.retrieval, contours)
+    # variants that differ only after scoring (NMS, the fill) share one scoring
+    score_key = ("scores", repr(cfg.test.retrieval), cfg.test.max_peaks_per_class, cfg.test.peak_relative_threshold)
+    if score_key not in memo:
+        memo[score_key] = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.test.retrieval, contours)
+    scores = memo[score_key]
     for kind, cols in (("predicted", holder["passed"]), ("oracle", gt_cols)):
         sel = np.flatnonzero(cols[peaks_np[:, 1]])
         if len(sel) == 0:
@@ -218,10 +223,13 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
             continue
         found = select_instances(scores[sel], prms[sel], peaks_np[sel, 1], small, cfg.test.retrieval.nms_threshold,
                                  merge=cfg.test.retrieval.merge_peak_response, class_aware=cfg.test.retrieval.class_aware_nms)
-        chosen = [props.masks[i] for i in found.proposal_index]
-        labels = cat_ids[found.peak_classes] if len(chosen) else np.zeros(0, np.int64)
+        index, picked, picked_scores = with_fill(found.proposal_index, found.peak_classes, found.scores,
+                                                 peaks_np[sel, 1], class_maps, small, cfg.test.fill,
+                                                 cfg.test.retrieval.size_limit)  # as PRMPredictor.predict
+        chosen = [props.masks[i] for i in index]
+        labels = cat_ids[picked] if len(chosen) else np.zeros(0, np.int64)
         out["preds"][kind] = Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels,
-                                       scores=found.scores, masks=chosen)
+                                       scores=picked_scores, masks=chosen)
     # (d) per oracle peak, before NMS
     if "gt_dense" not in memo:
         memo["gt_dense"] = mask_ops.decode_many(gt_rles, (h, w)) if gt_rles else np.zeros((0, h, w), bool)

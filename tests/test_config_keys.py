@@ -131,6 +131,9 @@ def test_every_prm_key_is_read(tmp_path, monkeypatch):
         # the IoU retrieval score reads its support keys (Eq. 10's are read above)
         predictor.cfg.test.retrieval.score = "iou"
         predictor.predict_records(records, progress=False)
+        # the class-map fill reads its keys only when it is on
+        predictor.cfg.test.fill.per_class = 2
+        predictor.predict_records(records, progress=False)
     _assert_all_read(prm.PRMMethodConfig, reads)
 
 
@@ -144,6 +147,8 @@ def test_every_mser_sgpo_key_is_read(tmp_path, monkeypatch, scoring):
     overrides = PRM_TINY + ["erasing.stages=2", f"test.scoring={scoring}", "test.fusion=match"]
     with recording(monkeypatch, mser, reads):
         predictor = mser.fit(records, overrides=overrides, workdir=tmp_path / "run")
+        predictor.predict_records(records, progress=False)
+        predictor.cfg.test.fill.per_class = 2  # the class-map fill reads its keys only when it is on
         predictor.predict_records(records, progress=False)
     # each scoring rule reads its own part of the one scoring config; the two runs together read all
     # retrieval.score=iou's support keys are PRM's alternative to Eq. 10, read in test_every_prm_key_is_read

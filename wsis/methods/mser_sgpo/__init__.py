@@ -86,6 +86,7 @@ from wsis.methods.prm.frozen import apply_prior, check, feature_cache, fit_froze
 from wsis.data.torch_data import tag_targets
 from wsis.proposals.config import ProposalConfig
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, save_weights, trained_categories
+from wsis.proposals.fill import with_fill
 from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -374,6 +375,7 @@ def erase_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int],
 def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "MSERSGPOPredictor":
     workdir = Path(workdir)
     meta, cfg = read_trained(workdir, MSERSGPOConfig, migrate_mser_config, overrides)
+    cfg.test.fill.check()
     category_ids, categories = trained_categories(meta)
     stage_dirs = [workdir / f"stage{t}" for t in range(1, cfg.erasing.stages + 1)]
     models = [load_stage_model(d, cfg, len(category_ids)) for d in stage_dirs]
@@ -504,9 +506,16 @@ class MSERSGPOPredictor(Predictor):
         else:
             sal = cv2.resize(self.saliency(image, record.path), (s, s), interpolation=cv2.INTER_LINEAR)
             found = sgpo_retrieve(prms, index, class_maps, sal, small, test.retrieval)
-        chosen = [props.masks[i] for i in found.proposal_index]
-        labels = self.labels_of(found.peak_classes % len(self.category_ids))
-        return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=found.scores, masks=chosen)
+        num_classes = len(self.category_ids)
+        index_kept, classes, scores = found.proposal_index, found.peak_classes % num_classes, found.scores
+        if test.fill.per_class:
+            # the fill ranks by what any stage's class map sees of the class (the stages' maximum)
+            stage_max = class_maps.reshape(-1, num_classes, s, s).max(axis=0)
+            index_kept, classes, scores = with_fill(index_kept, classes, scores, index % num_classes, stage_max, small,
+                                                    test.fill, test.retrieval.size_limit)
+        chosen = [props.masks[i] for i in index_kept]
+        labels = self.labels_of(classes)
+        return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=scores, masks=chosen)
 
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
         image = load_image(record.path) if image is None else image

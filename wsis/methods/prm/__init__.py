@@ -18,7 +18,9 @@ Inference, per image (the reference's ``PeakResponseMapping.forward`` + ``instan
 3. proposals are generated for the original image (cached on disk by image content), resized
    (nearest) to the PRM resolution for scoring, and each peak retrieves its best proposal;
 4. the kept instance's mask is the chosen proposal at the original resolution, its label the
-   peak's class and its score the retrieval score.
+   peak's class and its score the retrieval score;
+5. optionally (``test.fill.per_class``, not in the paper) each class that kept a peak adds proposals
+   that outline blobs of its class map, scored below every peak instance: :mod:`wsis.proposals.fill`.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ from wsis.methods.prm.config import (CalibrationConfig, PRMDataConfig, PRMFeatur
 from wsis.methods.prm.frozen import apply_prior, check, fit_frozen
 from wsis.methods.prm.staged import staged_training
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, trained_categories
+from wsis.proposals.fill import with_fill
 from wsis.proposals.retrieval import retrieve
 from wsis.structures import ImageRecord, Instances, RecordSet
 
@@ -115,6 +118,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
     if not any(r.tags for r in records):
         raise InputError(records.name or "dataset", "no image has tags: PRM trains on image-level labels")
     check(cfg)
+    cfg.test.fill.check()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(category_ids))
     names = [records.categories[c] for c in category_ids]
@@ -151,6 +155,7 @@ def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "PRMPredictor":
         print(f"test.class_threshold given: it replaces the {len(thresholds)} per-class thresholds "
               "calibrated on the training images")
         thresholds = None
+    cfg.test.fill.check()
     return PRMPredictor(model, cfg, category_ids, categories, workdir, thresholds)
 
 
@@ -233,9 +238,11 @@ class PRMPredictor(Predictor):
             return Instances((h, w), masks=[])
         s = x.shape[-1]
         small = mask_ops.decode_resized(props.masks, props.image_size, s, s)
-        found = retrieve(prms, classes, class_maps, small, self.cfg.test.retrieval)
-        chosen = [props.masks[i] for i in found.proposal_index]
-        labels = self.labels_of(found.peak_classes)
-        return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=labels, scores=found.scores,
+        test = self.cfg.test
+        found = retrieve(prms, classes, class_maps, small, test.retrieval)
+        index, picked, scores = with_fill(found.proposal_index, found.peak_classes, found.scores, classes,
+                                          class_maps, small, test.fill, test.retrieval.size_limit)
+        chosen = [props.masks[i] for i in index]
+        return Instances((h, w), boxes=mask_ops.to_bbox(chosen), labels=self.labels_of(picked), scores=scores,
                          masks=chosen)
 

@@ -11,6 +11,7 @@ from typing import Literal
 from wsis.cues.prm import PeakFilter
 from wsis.engine.schedule import ScheduleConfig
 from wsis.proposals.config import ProposalConfig
+from wsis.proposals.fill import FillConfig
 from wsis.proposals.retrieval import RetrievalConfig
 
 PeakBackprop = Literal["auto", "batched", "loop"]
@@ -83,6 +84,8 @@ class PRMTestConfig:
     # which measured faster there (benchmarks/bench_peak_backprop.py). Same maps either way.
     peak_backprop: PeakBackprop = "auto"
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(proposal_count=None))
+    # not in the paper (issue 11): more instances per class than it has peaks (wsis.proposals.fill)
+    fill: FillConfig = field(default_factory=FillConfig)
 
 
 @dataclass
