@@ -137,7 +137,7 @@ def test_every_prm_key_is_read(tmp_path, monkeypatch):
     _assert_all_read(prm.PRMMethodConfig, reads)
 
 
-@pytest.mark.slow  # ~40 s on the shared 2-core machine
+@pytest.mark.slow  # ~60 s on the shared 2-core machine
 @pytest.mark.parametrize("scoring", ["sgpo", "prm"])
 def test_every_mser_sgpo_key_is_read(tmp_path, monkeypatch, scoring):
     import wsis.methods.mser_sgpo as mser
@@ -150,6 +150,10 @@ def test_every_mser_sgpo_key_is_read(tmp_path, monkeypatch, scoring):
         predictor.predict_records(records, progress=False)
         predictor.cfg.test.fill.per_class = 2  # the class-map fill reads its keys only when it is on
         predictor.predict_records(records, progress=False)
+        # the photo recipe's stages (frozen backbone, cached erased-image features) read PRM's fit keys
+        frozen = ["model.frozen_backbone=true", "model.class_prior=imagenet", "calibration.thresholds=calibrated",
+                  "calibration.folds=2", "calibration.min_positives=1", f"data.feature_cache={tmp_path / 'features'}"]
+        mser.fit(records, overrides=overrides + frozen, workdir=tmp_path / "frozen").predict_records(records, progress=False)
     # each scoring rule reads its own part of the one scoring config; the two runs together read all
     # retrieval.score=iou's support keys are PRM's alternative to Eq. 10, read in test_every_prm_key_is_read
     iou = {"test.retrieval.support_threshold", "test.retrieval.support_sigma"}

@@ -67,12 +67,19 @@ class FeatureCache:
         # modification time stay the same, instead of reading the image again per lookup.
         self._keys: dict[tuple[str, int, int], str] = {}
 
-    def entry(self, image_path: str | Path, flip: bool) -> Path:
+    def file_key(self, image_path: str | Path) -> str:
+        """The content key of an image file (its sha1), hashed once per path, size and mtime."""
         stat = os.stat(image_path)
         ident = (str(image_path), stat.st_mtime_ns, stat.st_size)
         key = self._keys.get(ident)
         if key is None:
             key = self._keys[ident] = file_sha1(image_path)
+        return key
+
+    def entry(self, image_path: str | Path, flip: bool) -> Path:
+        return self.key_entry(self.file_key(image_path), flip)
+
+    def key_entry(self, key: str, flip: bool) -> Path:
         return self.folder / key[:2] / f"{key}-{'flip' if flip else 'plain'}.npy"
 
     @torch.no_grad()
@@ -93,6 +100,25 @@ class FeatureCache:
             except (OSError, ValueError):
                 pass  # a damaged entry is recomputed
         features = self.compute(load_image(image_path), flip)
+        self.computed += 1
+        _save_atomic(entry, features.numpy().astype(np.float16))
+        return features.to(torch.float16).float()
+
+    def get_prepared(self, key: str, image: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """(C, h, w) features of an image the caller has already resized to ``size`` squared ((3, S, S)
+        in [0, 1], e.g. an erased image that exists only in memory), cached under ``key``: the caller's
+        content key of that image (it must change whenever the image does)."""
+        if tuple(image.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"get_prepared expects a {self.size}x{self.size} image, got {tuple(image.shape)}")
+        entry = self.key_entry(key, flip)
+        if entry.is_file():
+            try:
+                return torch.from_numpy(np.load(entry).astype(np.float32))
+            except (OSError, ValueError):
+                pass  # a damaged entry is recomputed
+        x = image.flip(-1) if flip else image
+        with torch.no_grad():
+            features = self.backbone.to(self.device)(self.backbone.normalize(x[None]).to(self.device))[0].float().cpu()
         self.computed += 1
         _save_atomic(entry, features.numpy().astype(np.float16))
         return features.to(torch.float16).float()

@@ -32,6 +32,12 @@ Inference (EPRM + SGPO), per image:
    representation's class-aware term uses the class map of the network that produced it; best
    proposal per representation, then instance NMS with PRM merging.
 
+The photo recipe (issue 11, not in the paper; ``wsis/configs/mser_sgpo_photos_cpu.yaml``): PRM's
+``model.frozen_backbone``, ``model.class_prior`` and ``calibration`` switches apply to every stage, each
+stage's class layer trained on cached features of its own, erased, images
+(:mod:`wsis.methods.mser_sgpo.frozen`), its calibrated per-class thresholds stored in
+``stage{t}/thresholds.json`` and used by that stage's network at inference.
+
 Ablation rows of the paper's Table 7 (``erasing.stages``, ``test.scoring``): PRM = ``1, prm``,
 PRM+MSER = ``2, prm``, PRM+SGPO = ``1, sgpo``, PRM+MSER+SGPO = ``2, sgpo``.
 A predictor trained with T stages also predicts with its first k (:meth:`MSERSGPOPredictor.variant`).
@@ -70,11 +76,14 @@ from wsis.engine import distributed as dist_utils
 from wsis.engine import pick_device
 from wsis.errors import InputError
 from wsis.methods.base import Predictor, register
+from wsis.methods.mser_sgpo.frozen import stage_features
 from wsis.methods.mser_sgpo.sgpo import SGPOConfig, sgpo_retrieve
 from wsis.methods.prm import PRMPredictor, build_model, migrate_config, train_finetuned
 from wsis.methods.prm.config import MOVED_KEYS as PRM_MOVED_KEYS
-from wsis.methods.prm.config import PRMDataConfig, PRMNetConfig, PRMScheduleConfig, PRMTestConfig
-from wsis.engine.schedule import schedule_length
+from wsis.methods.prm.config import (CalibrationConfig, PRMFeatureDataConfig, PRMModelConfig, PRMScheduleConfig,
+                                     PRMTestConfig)
+from wsis.methods.prm.frozen import apply_prior, check, feature_cache, fit_frozen_features
+from wsis.data.torch_data import tag_targets
 from wsis.proposals.config import ProposalConfig
 from wsis.methods.trained import MODEL_FILE, load_weights, read_trained, save_trained, save_weights, trained_categories
 from wsis.proposals.fill import with_fill
@@ -103,17 +112,19 @@ class MSERTestConfig(PRMTestConfig):
 
 @dataclass
 class MSERSGPOConfig:
-    """PRM's network, data and schedule for every stage, MSER's erasing and SGPO's scoring."""
+    """PRM's network, data, schedule and threshold calibration for every stage (the photo recipe's
+    switches included, off by default as in the paper), MSER's erasing and SGPO's scoring."""
 
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
-    model: PRMNetConfig = field(default_factory=PRMNetConfig)
-    data: PRMDataConfig = field(default_factory=PRMDataConfig)
+    model: PRMModelConfig = field(default_factory=PRMModelConfig)
+    data: PRMFeatureDataConfig = field(default_factory=PRMFeatureDataConfig)
     schedule: PRMScheduleConfig = field(default_factory=PRMScheduleConfig)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     test: MSERTestConfig = field(default_factory=MSERTestConfig)
     erasing: MSERErasingConfig = field(default_factory=MSERErasingConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 MSERSGPOConfig.MOVED_KEYS = {  # type: ignore[attr-defined]  # the layout before the skeleton (wsis.config)
@@ -139,6 +150,7 @@ def migrate_mser_config(config: dict) -> dict:
 
 
 STAGE_FILE = "stage.json"
+THRESHOLDS_FILE = "thresholds.json"
 ERASE_DIR = "erase"
 ERASE_SETTINGS = "settings.json"
 
@@ -152,10 +164,12 @@ def select_peaks(model: PRMNet, x: torch.Tensor, allowed: torch.Tensor | None, c
     return peaks_from_crm(model, model.crm(x), allowed, cfg)
 
 
-def peaks_from_crm(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig
-                   ) -> torch.Tensor:
-    """:func:`select_peaks` from an already computed upsampled CRM (1, C, h, w)."""
-    return crm_peaks(model, crm, allowed, cfg.test.class_threshold, cfg.test.peak_threshold,
+def peaks_from_crm(model: PRMNet, crm: torch.Tensor, allowed: torch.Tensor | None, cfg: MSERSGPOConfig,
+                   thresholds: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`select_peaks` from an already computed upsampled CRM (1, C, h, w); ``thresholds`` (C,)
+    are the network's calibrated per-class thresholds, used instead of ``test.class_threshold``."""
+    class_threshold = cfg.test.class_threshold if thresholds is None else thresholds.to(crm.device)
+    return crm_peaks(model, crm, allowed, class_threshold, cfg.test.peak_threshold,  # type: ignore[arg-type]
                      cfg.test.max_peaks_per_class, cfg.test.peak_relative_threshold)
 
 
@@ -169,26 +183,36 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
         workdir: str | Path = "runs/mser_sgpo") -> "MSERSGPOPredictor":
     """Algorithm 1: T classifiers, each trained on the images erased by the previous ones."""
     cfg = load_config(MSERSGPOConfig, config, list(overrides))
-    if cfg.erasing.stages < 1:
-        raise InputError(config or "command line", f"erasing.stages must be >= 1, got {cfg.erasing.stages}")
-    schedule_length(cfg.schedule)
+    check_config(cfg, config)
     workdir = Path(workdir)
     category_ids = sorted(records.categories)
     if not any(r.tags for r in records):
         raise InputError(records.name or "dataset", "no image has tags: MSER trains on image-level labels")
     recs = list(records.records)
     masks: list[Path | None] = [None] * len(recs)
-    models, started = [], time.perf_counter()
+    names = [records.categories[c] for c in category_ids]
+    models, thresholds, started = [], [], time.perf_counter()
     for t in range(1, cfg.erasing.stages + 1):
         stage_dir = workdir / f"stage{t}"
-        model = train_stage(recs, category_ids, cfg, stage_dir, masks, t)
+        model = train_stage(recs, category_ids, cfg, stage_dir, masks, t, names, workdir)
         models.append(model)
+        thresholds.append(read_thresholds(stage_dir))
         if t < cfg.erasing.stages:
             masks = erase_stage(model, recs, category_ids, cfg, stage_dir, masks)
     meta = {"method": "mser_sgpo", "config": to_dict(cfg), "category_ids": category_ids,
             "categories": {str(k): v for k, v in records.categories.items()}}
     save_trained(workdir, None, meta, started)  # the weights are the stages' model.pt
-    return MSERSGPOPredictor(models, cfg, category_ids, records.categories, workdir)
+    return MSERSGPOPredictor(models, cfg, category_ids, records.categories, workdir, thresholds)
+
+
+def check_config(cfg: MSERSGPOConfig, source: str | Path | None = None) -> None:
+    """Config errors before anything trains: PRM's rules for the photo-recipe switches, plus MSER's."""
+    if cfg.erasing.stages < 1:
+        raise InputError(source or "command line", f"erasing.stages must be >= 1, got {cfg.erasing.stages}")
+    if cfg.model.frozen_stages:
+        raise InputError(source or "config", "model.frozen_stages is not available for MSER: its cache holds the "
+                         "images as they are on disk, not the erased ones; use model.frozen_backbone=true")
+    check(cfg)  # type: ignore[arg-type]  # PRM's sections under the same names
 
 
 def _stage_settings(cfg: MSERSGPOConfig, t: int, num_images: int) -> dict:
@@ -205,6 +229,12 @@ def _stage_settings(cfg: MSERSGPOConfig, t: int, num_images: int) -> dict:
     prm.update({k: sched[k] for k in ("iterations", "warmup_iterations", "lr_steps", "grad_clip")
                 if sched[k] != defaults[k]})
     train = {"backbone": model["backbone"], "pretrained": model["pretrained"], "seed": cfg.seed, "prm": prm}
+    recipe = {"frozen_backbone": cfg.model.frozen_backbone, "class_prior": cfg.model.class_prior,
+              "calibration": to_dict(cfg.calibration)}
+    if cfg.model.frozen_backbone:
+        recipe["train_sub_pixel_factor"] = cfg.model.train_sub_pixel_factor
+    if recipe["frozen_backbone"] or recipe["class_prior"] != "none" or cfg.calibration.thresholds != "fixed":
+        train["recipe"] = recipe  # only when set: the stages of runs before these switches still match
     erasing = {k: v for k, v in to_dict(cfg.erasing).items() if k != "stages"}
     erased = None if t == 1 else {"erasing": erasing, "peak_threshold": cfg.test.peak_threshold,
                                    "max_peaks_per_class": cfg.test.max_peaks_per_class}
@@ -234,13 +264,24 @@ def _check_settings_file(path: Path, settings: dict) -> None:
 
 
 def train_stage(recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOConfig, stage_dir: Path,
-                masks: list[Path | None], t: int) -> PRMNet:
-    """Stage t's classifier on the images erased by ``masks`` (None = original); a finished stage loads."""
+                masks: list[Path | None], t: int, names: list[str] | None = None,
+                workdir: Path | None = None) -> PRMNet:
+    """Stage t's classifier on the images erased by ``masks`` (None = original); a finished stage loads.
+    ``names`` (the classes' names, for the ImageNet prior) and ``workdir`` (where the frozen backbone's
+    features are cached unless ``data.feature_cache``) are needed by the photo-recipe switches."""
     _check_settings(stage_dir / STAGE_FILE, _stage_settings(cfg, t, len(recs)))
     if (stage_dir / MODEL_FILE).is_file():
         return load_stage_model(stage_dir, cfg, len(category_ids))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(category_ids))
+    if cfg.model.class_prior == "imagenet" and names is None:
+        raise ValueError("model.class_prior=imagenet needs the class names")
+    if cfg.model.frozen_backbone:
+        train_frozen_stage(model, recs, category_ids, cfg, stage_dir, masks, names or [],
+                           workdir if workdir is not None else stage_dir.parent)
+        return model
+    if cfg.model.class_prior == "imagenet":
+        apply_prior(model, names or [])
     transform = None
     if any(m is not None for m in masks):
         transform = EraseTransform(masks, fill_value(cfg.erasing.fill, model.backbone.mean))
@@ -251,6 +292,36 @@ def train_stage(recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOC
                     device=cfg.device, seed=cfg.seed, num_workers=cfg.num_workers)
     save_weights(stage_dir / MODEL_FILE, model)
     return model
+
+
+def train_frozen_stage(model: PRMNet, recs: list[ImageRecord], category_ids: list[int], cfg: MSERSGPOConfig,
+                       stage_dir: Path, masks: list[Path | None], names: list[str], workdir: Path) -> None:
+    """The photo recipe's stage: PRM's class layer on cached frozen-backbone features of the stage's
+    (erased) images, per-class thresholds calibrated on them when ``calibration.thresholds=calibrated``
+    (written to ``thresholds.json``), then the weights (``model.pt``, which marks the stage finished)."""
+    cache = feature_cache(model, cfg, workdir)  # type: ignore[arg-type]
+    fill = fill_value(cfg.erasing.fill, model.backbone.mean)
+    feats, flipped = stage_features(cache, recs, masks, fill, cfg.data.hflip)
+    result = fit_frozen_features(model, feats, flipped, tag_targets(recs, category_ids).float(), names,
+                                 cfg)  # type: ignore[arg-type]
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    report = {"class_thresholds": [float(x) for x in result.thresholds], "calibration": result.calibration,
+              "head_losses": [result.losses[0], result.losses[-1]] if result.losses else [],
+              "erased_images": sum(m is not None for m in masks), "features_computed": cache.computed}
+    with atomic_write(stage_dir / THRESHOLDS_FILE) as f:
+        json.dump(report, f, indent=2)
+    save_weights(stage_dir / MODEL_FILE, model)
+
+
+def read_thresholds(stage_dir: Path) -> list[float] | None:
+    """A frozen stage's per-class thresholds (``thresholds.json``), None for a stage without them."""
+    path = stage_dir / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return [float(x) for x in json.loads(path.read_text())["class_thresholds"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(path, f"cannot read the stage's class thresholds ({e})") from None
 
 
 def load_stage_model(stage_dir: Path, cfg: MSERSGPOConfig, num_classes: int) -> PRMNet:
@@ -306,9 +377,15 @@ def load(workdir: str | Path, overrides: Sequence[str] = ()) -> "MSERSGPOPredict
     meta, cfg = read_trained(workdir, MSERSGPOConfig, migrate_mser_config, overrides)
     cfg.test.fill.check()
     category_ids, categories = trained_categories(meta)
-    models = [load_stage_model(workdir / f"stage{t}", cfg, len(category_ids))
-              for t in range(1, cfg.erasing.stages + 1)]
-    return MSERSGPOPredictor(models, cfg, category_ids, categories, workdir)
+    stage_dirs = [workdir / f"stage{t}" for t in range(1, cfg.erasing.stages + 1)]
+    models = [load_stage_model(d, cfg, len(category_ids)) for d in stage_dirs]
+    thresholds = [read_thresholds(d) for d in stage_dirs]
+    if any(t is not None for t in thresholds) and any(o.split("=", 1)[0].strip() == "test.class_threshold"
+                                                      for o in overrides):
+        # as PRM's load: an explicit threshold is the user's choice and replaces the calibrated ones
+        print("test.class_threshold given: it replaces the per-class thresholds calibrated on the training images")
+        thresholds = [None] * len(models)
+    return MSERSGPOPredictor(models, cfg, category_ids, categories, workdir, thresholds)
 
 
 # -- inference -----------------------------------------------------------------------------------
@@ -363,10 +440,16 @@ class MSERSGPOPredictor(Predictor):
     inference_keys = ("device", "proposals", "test", "erasing.stages")
 
     def __init__(self, models: Sequence[PRMNet], cfg: MSERSGPOConfig, category_ids: list[int],
-                 categories: dict[int, str], workdir: Path) -> None:
+                 categories: dict[int, str], workdir: Path,
+                 thresholds: Sequence[Sequence[float] | None] | None = None) -> None:
         super().__init__(cfg, category_ids, categories, workdir)
         self.base = PRMPredictor(models[0], cfg, category_ids, categories, Path(workdir))  # input preparation
         self.models = [m.to(self.device).eval() for m in models]
+        # per network: its calibrated per-class thresholds, or None for test.class_threshold
+        thresholds = list(thresholds) if thresholds is not None else [None] * len(models)
+        if len(thresholds) != len(models):
+            raise ValueError(f"{len(thresholds)} threshold lists for {len(models)} networks")
+        self.thresholds = [None if t is None else torch.tensor(list(t), dtype=torch.float32) for t in thresholds]
         self._saliency = None
 
     def variant(self, stages: int | None = None, scoring: str | None = None, fusion: str | None = None
@@ -391,12 +474,14 @@ class MSERSGPOPredictor(Predictor):
         """Peaks, PRMs and upsampled class maps of every used stage (but the first ``skip``) for one
         prepared image (1, 3, S, S)."""
         models = self.models[skip: self.cfg.erasing.stages]
+        thresholds = self.thresholds[skip: self.cfg.erasing.stages]
         batched = _batched(self.cfg, self.device)
         if batched and len(models) > 1:  # one pass over the stacked networks, peaks batched too
-            maps = stacked_peak_response_maps(models, x, lambda t, m, crm: peaks_from_crm(m, crm, None, self.cfg))
+            maps = stacked_peak_response_maps(
+                models, x, lambda t, m, crm: peaks_from_crm(m, crm, None, self.cfg, thresholds[t]))
         else:
-            maps = [peak_response_maps(m, x, select=lambda crm, m=m: peaks_from_crm(m, crm, None, self.cfg),
-                                       batched=batched) for m in models]
+            maps = [peak_response_maps(m, x, select=lambda crm, m=m, th=th: peaks_from_crm(m, crm, None, self.cfg, th),
+                                       batched=batched) for m, th in zip(models, thresholds)]
         out = []
         for peaks, prms, crm in maps:
             class_maps = torch.nn.functional.interpolate(crm[None], size=x.shape[-2:], mode="bicubic",

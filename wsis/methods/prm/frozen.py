@@ -57,16 +57,29 @@ def apply_prior(model: PRMNet, names: list[str]) -> np.ndarray:
     return init_class_layer(model.classifier, imagenet_head(model.backbone), names)
 
 
+def feature_cache(model: PRMNet, cfg: "PRMMethodConfig", workdir: Path) -> FeatureCache:
+    """The on-disk cache of ``model``'s frozen backbone: ``data.feature_cache``, else ``workdir/features``."""
+    cache_dir = Path(cfg.data.feature_cache) if cfg.data.feature_cache else workdir / "features"
+    return FeatureCache(cache_dir, model.backbone, cfg.data.image_size)
+
+
 def fit_frozen(model: PRMNet, records: RecordSet, category_ids: list[int], cfg: "PRMMethodConfig",
                workdir: Path) -> FrozenFit:
     """Train ``model.classifier`` by ``cfg.schedule`` on cached features of ``records`` (both flips);
     returns the fit (thresholds calibrated when ``calibration.thresholds == 'calibrated'``)."""
-    names = [records.categories[c] for c in category_ids]
-    cache_dir = Path(cfg.data.feature_cache) if cfg.data.feature_cache else workdir / "features"
-    cache = FeatureCache(cache_dir, model.backbone, cfg.data.image_size)
+    cache = feature_cache(model, cfg, workdir)
     feats = torch.stack([cache.get(r.path, False) for r in records])
     flipped = torch.stack([cache.get(r.path, True) for r in records]) if cfg.data.hflip else feats
     targets = tag_targets(records.records, category_ids).float()
+    return fit_frozen_features(model, feats, flipped, targets, [records.categories[c] for c in category_ids], cfg)
+
+
+def fit_frozen_features(model: PRMNet, feats: torch.Tensor, flipped: torch.Tensor, targets: torch.Tensor,
+                        names: list[str], cfg: "PRMMethodConfig") -> FrozenFit:
+    """:func:`fit_frozen` on given frozen-backbone features (N, F, h, w) of the images and of their
+    mirror images, with (N, C) tag targets of the classes ``names`` (MSER's later stages train on
+    features of erased images). ``cfg`` needs PRM's ``model``, ``schedule``, ``calibration`` and
+    ``test.class_threshold`` sections."""
     prior = prior_class_weights(imagenet_head(model.backbone), names) if cfg.model.class_prior == "imagenet" else None
     s = cfg.schedule
     head_cfg = HeadConfig(epochs=s.epochs or 0, iterations=s.iterations, batch_size=s.batch_size, lr=s.lr,
