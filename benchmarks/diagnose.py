@@ -87,7 +87,9 @@ def peak_stage_key(pred, record, thresholds: np.ndarray, max_peaks: int | None) 
     h.update(pred.model.classifier.weight.detach().cpu().numpy().tobytes())
     h.update(Path(record.path).read_bytes())
     h.update(np.asarray(thresholds, np.float64).tobytes())
-    h.update(repr((cfg.data.image_size, cfg.test.peak_threshold, max_peaks, sorted(record.tags))).encode())
+    sizes = (cfg.data.image_size,) if pred.localisation_size() == cfg.data.image_size else (
+        cfg.data.image_size, pred.localisation_size())  # the old key when localising at the training size
+    h.update(repr(sizes + (cfg.test.peak_threshold, max_peaks, sorted(record.tags))).encode())
     return h.hexdigest()[:20]
 
 
@@ -107,11 +109,17 @@ def peak_stage(pred, record, image: np.ndarray, thresholds: np.ndarray, cache: P
     cat_ids = np.asarray(pred.category_ids)
     gt_cols = np.isin(cat_ids, np.asarray(record.tags, dtype=np.int64))
     holder: dict = {}
+    if pred.localisation_size() != cfg.data.image_size:  # test.image_size: classes decided at the training size
+        with torch.no_grad():
+            crm = pred.model.crm(pred.prepare(image, cfg.data.image_size))
+        holder["train_scores"] = peak_stimulation(crm, pred.model.win_size, pred.model.peak_filter)[0].cpu().numpy()
 
     def select(crm: torch.Tensor) -> torch.Tensor:
-        scores = peak_stimulation(crm, pred.model.win_size, pred.model.peak_filter)[0]
-        holder["scores"] = scores.cpu().numpy()
-        passed = scores.cpu().numpy() >= thresholds
+        scores = holder.get("train_scores")
+        if scores is None:
+            scores = peak_stimulation(crm, pred.model.win_size, pred.model.peak_filter)[0].cpu().numpy()
+        holder["scores"] = scores
+        passed = scores >= thresholds
         holder["passed"] = passed
         peaks, values = pred.model.find_peaks(crm)
         allowed = torch.from_numpy(passed | gt_cols).to(crm.device)
@@ -204,15 +212,16 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
         for kind in ("predicted", "oracle"):
             out["preds"][kind] = Instances((h, w), masks=[])
         return out
-    if "small" not in memo:
-        memo["small"] = mask_ops.decode_resized(props.masks, props.image_size, s, s)
-    small = memo["small"]
-    contour_key = ("contours", cfg.test.retrieval.contour_width)
+    # keyed by the localisation size too: variants may differ in test.image_size
+    if ("small", s) not in memo:
+        memo[("small", s)] = mask_ops.decode_resized(props.masks, props.image_size, s, s)
+    small = memo[("small", s)]
+    contour_key = ("contours", s, cfg.test.retrieval.contour_width)
     if contour_key not in memo:
         memo[contour_key] = contour_masks(small, cfg.test.retrieval.contour_width)
     contours = memo[contour_key]
     # variants that differ only after scoring (NMS, the fill) share one scoring
-    score_key = ("scores", repr(cfg.test.retrieval), cfg.test.max_peaks_per_class, cfg.test.peak_relative_threshold)
+    score_key = ("scores", s, repr(cfg.test.retrieval), cfg.test.max_peaks_per_class, cfg.test.peak_relative_threshold)
     if score_key not in memo:
         memo[score_key] = proposal_scores(prms, peaks_np[:, 1], class_maps, small, cfg.test.retrieval, contours)
     scores = memo[score_key]

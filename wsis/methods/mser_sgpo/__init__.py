@@ -67,7 +67,7 @@ from wsis.config import load_config, to_dict
 from wsis.cues.erasing import (EraseTransform, ErasingConfig, apply_erase, erase_mask, fill_value, load_mask,
                                save_mask)
 from wsis.cues.peak_backprop import peak_response_maps, stacked_peak_response_maps
-from wsis.cues.peaks import crm_peaks
+from wsis.cues.peaks import crm_peaks, scores_and_peaks
 from wsis.cues.prm import PRMNet
 from wsis.cues.saliency import get_saliency
 from wsis.data.images import atomic_write, load_image
@@ -470,18 +470,38 @@ class MSERSGPOPredictor(Predictor):
             self._saliency = get_saliency(self.cfg.test.retrieval.saliency)
         return self._saliency
 
-    def stage_responses(self, x: torch.Tensor, skip: int = 0) -> list[StageResponse]:
+    @torch.no_grad()
+    def class_decisions(self, image: np.ndarray, skip: int = 0) -> list[torch.Tensor | None]:
+        """Per used stage (but the first ``skip``), the classes passing its thresholds scored at the
+        training resolution when ``test.image_size`` moves the localisation elsewhere (PRM's
+        :meth:`~wsis.methods.prm.PRMPredictor.class_decision`); Nones otherwise."""
+        models = self.models[skip: self.cfg.erasing.stages]
+        if self.base.localisation_size() == self.cfg.data.image_size:
+            return [None] * len(models)
+        x = self.base.prepare(image, self.cfg.data.image_size)
+        thresholds = self.thresholds[skip: self.cfg.erasing.stages]
+        out: list[torch.Tensor | None] = []
+        for m, th in zip(models, thresholds):
+            scores = scores_and_peaks(m, m.crm(x))[0][0]
+            limit = torch.as_tensor(self.cfg.test.class_threshold if th is None else th, dtype=scores.dtype)
+            out.append(scores >= limit.to(scores.device))
+        return out
+
+    def stage_responses(self, x: torch.Tensor, skip: int = 0,
+                        allowed: Sequence[torch.Tensor | None] | None = None) -> list[StageResponse]:
         """Peaks, PRMs and upsampled class maps of every used stage (but the first ``skip``) for one
-        prepared image (1, 3, S, S)."""
+        prepared image (1, 3, S, S); ``allowed`` (from :meth:`class_decisions`) replaces each stage's
+        class test on ``x``'s own scores."""
         models = self.models[skip: self.cfg.erasing.stages]
         thresholds = self.thresholds[skip: self.cfg.erasing.stages]
+        allowed = list(allowed) if allowed is not None else [None] * len(models)
         batched = _batched(self.cfg, self.device)
         if batched and len(models) > 1:  # one pass over the stacked networks, peaks batched too
             maps = stacked_peak_response_maps(
-                models, x, lambda t, m, crm: peaks_from_crm(m, crm, None, self.cfg, thresholds[t]))
+                models, x, lambda t, m, crm: peaks_from_crm(m, crm, allowed[t], self.cfg, thresholds[t]))
         else:
-            maps = [peak_response_maps(m, x, select=lambda crm, m=m, th=th: peaks_from_crm(m, crm, None, self.cfg, th),
-                                       batched=batched) for m, th in zip(models, thresholds)]
+            maps = [peak_response_maps(m, x, select=lambda crm, m=m, th=th, a=a: peaks_from_crm(m, crm, a, self.cfg, th),
+                                       batched=batched) for m, th, a in zip(models, thresholds, allowed)]
         out = []
         for peaks, prms, crm in maps:
             class_maps = torch.nn.functional.interpolate(crm[None], size=x.shape[-2:], mode="bicubic",
@@ -519,5 +539,6 @@ class MSERSGPOPredictor(Predictor):
 
     def predict(self, record: ImageRecord, image: np.ndarray | None = None) -> Instances:
         image = load_image(record.path) if image is None else image
-        return self.instances(record, image, self.stage_responses(self.base.prepare(image)))
+        return self.instances(record, image, self.stage_responses(self.base.prepare(image),
+                                                                  allowed=self.class_decisions(image)))
 

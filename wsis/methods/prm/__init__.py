@@ -12,6 +12,8 @@ Where each part of the paper is (one hop from here):
 
 Inference, per image (the reference's ``PeakResponseMapping.forward`` + ``instance_seg``):
 1. the image is resized to ``data.image_size`` squared (as in training) and its upsampled CRMs computed;
+   with ``test.image_size`` (not in the paper) the class scores are still taken there, and the CRMs
+   of steps 2-4 at that size (:meth:`PRMPredictor.localisation_size`);
 2. peaks of classes whose score (a logit) is >= ``test.class_threshold`` with a CRM value
    above ``test.peak_threshold`` are kept (at most ``test.max_peaks_per_class`` per class, highest first) and all
    their PRMs computed in one batched backward pass;
@@ -181,17 +183,36 @@ class PRMPredictor(Predictor):
         return torch.full((len(self.category_ids),), float(self.cfg.test.class_threshold))
 
     # -- stages ------------------------------------------------------------------------------
-    def prepare(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> normalised (1, 3, S, S) tensor at the training resolution."""
-        x = resize_square(image, self.cfg.data.image_size)
+    def localisation_size(self) -> int:
+        """Side of the square input the peaks, PRMs and retrieval are computed at."""
+        return self.cfg.test.image_size or self.cfg.data.image_size
+
+    def prepare(self, image: np.ndarray, size: int | None = None) -> torch.Tensor:
+        """(H, W, 3) uint8 -> normalised (1, 3, S, S) tensor, S = ``size`` or the localisation size
+        (the training resolution unless ``test.image_size`` is set)."""
+        x = resize_square(image, size or self.localisation_size())
         return self.model.backbone.normalize(x[None]).to(self.device)
 
-    def peak_responses(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @torch.no_grad()
+    def class_decision(self, image: np.ndarray) -> torch.Tensor | None:
+        """(C,) bool: the classes that pass their thresholds, scored at the training resolution; None
+        when the localisation runs at that resolution too (the peak stage then decides on its own CRM)."""
+        if self.localisation_size() == self.cfg.data.image_size:
+            return None
+        crm = self.model.crm(self.prepare(image, self.cfg.data.image_size))
+        scores = scores_and_peaks(self.model, crm)[0][0]
+        self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
+        return scores >= self.class_thresholds().to(scores.device)
+
+    def peak_responses(self, x: torch.Tensor, allowed: torch.Tensor | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Peaks' classes (K,), their PRMs (K, S, S) and the class maps (C, S, S) of one image;
-        only the maps of the peaks' classes are computed (retrieval reads no other), the rest are 0."""
+        only the maps of the peaks' classes are computed (retrieval reads no other), the rest are 0.
+        ``allowed`` (from :meth:`class_decision`) replaces the class test on ``x``'s own scores."""
         batched = self.cfg.test.peak_backprop == "batched" or (
             self.cfg.test.peak_backprop == "auto" and self.device.type == "cuda")
-        peaks, prms, crm = peak_response_maps(self.model, x, select=self._select_peaks, batched=batched)
+        peaks, prms, crm = peak_response_maps(self.model, x, select=lambda c: self._select_peaks(c, allowed),
+                                              batched=batched)
         size = tuple(x.shape[-2:])
         used = torch.unique(peaks[:, 1])
         class_maps = np.zeros((len(crm),) + size, np.float32)
@@ -200,14 +221,15 @@ class PRMPredictor(Predictor):
             class_maps[used.cpu().numpy()] = up.cpu().numpy()
         return peaks[:, 1].cpu().numpy(), prms.cpu().numpy(), class_maps
 
-    def _select_peaks(self, crm: torch.Tensor) -> torch.Tensor:
+    def _select_peaks(self, crm: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Peaks of an upsampled CRM (1, C, h, w) by the rule of the module docstring, step 2 (with the
-        calibrated per-class thresholds when the run has them); the image's top class score is kept for
-        :meth:`why_empty`."""
+        calibrated per-class thresholds when the run has them, unless the classes were decided
+        already: ``allowed``); the image's top class score is kept for :meth:`why_empty`."""
         scores, peaks, values = scores_and_peaks(self.model, crm)
-        scores = scores[0]
-        self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
-        allowed = scores >= self.class_thresholds().to(scores.device)
+        if allowed is None:
+            scores = scores[0]
+            self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
+            allowed = scores >= self.class_thresholds().to(scores.device)
         return select_peaks(peaks, values, allowed, self.cfg.test.peak_threshold, self.cfg.test.max_peaks_per_class,
                             relative=self.cfg.test.peak_relative_threshold)
 
@@ -231,7 +253,7 @@ class PRMPredictor(Predictor):
         image = load_image(record.path) if image is None else image
         h, w = image.shape[:2]
         x = self.prepare(image)
-        classes, prms, class_maps = self.peak_responses(x)
+        classes, prms, class_maps = self.peak_responses(x, self.class_decision(image))
         self.top_scores[record.image_id] = self._last_top
         props = self.proposals(record)
         if len(classes) == 0 or len(props) == 0 or props.masks is None:

@@ -83,6 +83,11 @@ class PRMTestConfig:
     # "auto": one batched backward over all peaks on CUDA; on a CPU the reference's per-peak loop,
     # which measured faster there (benchmarks/bench_peak_backprop.py). Same maps either way.
     peak_backprop: PeakBackprop = "auto"
+    # not in the paper (issue 11): localise at this square input size instead of data.image_size. The
+    # class decision (scores against the thresholds, calibrated at the training size) stays at
+    # data.image_size; the CRM, peaks, PRMs and retrieval use the larger map (more cells per object:
+    # a crowd or a small object can get a peak of its own). None: data.image_size, as the paper.
+    image_size: int | None = None
     retrieval: RetrievalConfig = field(default_factory=lambda: RetrievalConfig(proposal_count=None))
     # not in the paper (issue 11): more instances per class than it has peaks (wsis.proposals.fill)
     fill: FillConfig = field(default_factory=FillConfig)
