@@ -1,5 +1,5 @@
 """PDSL benchmark (../shared/BENCHMARK.md) with the ablation rows of the paper's Table 1: trained on
-coco128 tags, scored on coco-val50 with both protocols on all 80 classes and the VOC20 subset, plus
+the tags of coco128 + coco-train83 (211 images; ``--coco128-only`` for the rows before 2026-12-02), scored on coco-val50 with both protocols on all 80 classes and the VOC20 subset, plus
 box AP@0.5 and CorLoc of the detection branch, training time and inference seconds per image
 (median, including proposal generation).
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib
+from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.errors import InputError
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "pdsl_rel"],
                         choices=list(VARIANTS))
     parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
+    parser.add_argument("--coco128-only", action="store_true", help="train on --train alone (before 2026-12-02)")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
     parser.add_argument("--threads", type=int, help="torch and OpenCV CPU threads (default: theirs)")
     parser.add_argument("overrides", nargs="*")
@@ -83,7 +84,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
 
-    train, val = load_dataset(args.train), load_dataset(args.val)
+    train = load_dataset(args.train) if args.coco128_only else load_train_set()
+    val = load_dataset(args.val)
     if args.train_limit:
         train = train.subset([r.image_id for r in train.records[: args.train_limit]])
     if args.limit:
