@@ -170,3 +170,19 @@ def test_pool_settings_from_workdir_and_config(tmp_path, monkeypatch):
     # a config by name: PDSL's CPU pool, no retrieval limits
     proposals, origin, limit, count = pool_settings("pdsl_cpu.yaml")
     assert (proposals.method, proposals.settings["max_proposals"], limit, count) == ("superpixel", 300, None, None)
+
+
+def test_summarise_voc20_keeps_the_voc_classes_only(case):
+    """With b named 'person' (a VOC class) and a not, the voc20 row sees class b and instance B1 only."""
+    gt, preds, pool = case
+    gt = RecordSet(gt.records, {1: "a", 2: "person"}, "drawn")
+    best = {r.image_id: dg.pool_best_iou(r, pool[r.image_id]) for r in gt.records}
+    row = dg.summarise(gt, preds, best_iou=best, subset="voc20")
+    # class b alone: AP 0.5 (above); its one predicted pair (2, b) is wrong, its positive (1, b) missed
+    assert row["tag_mAP"] == pytest.approx(0.5) and row["tag_classes"] == 1
+    assert (row["tag_passed"], row["tag_precision"], row["tag_recall"]) == (1, 0.0, 0.0)
+    assert row["predicted"]["n_pred"] == 1 and row["oracle_filter"]["n_pred"] == 0
+    assert row["predicted"]["ABO"] == 0.0
+    # B1 alone: pool 0.5, but b is not predicted in image 1 -> tag-limited 0
+    assert row["ceiling"] == {"instances": 1, "class_predicted": 0.0, "ABO": 0.5, "recall_0.5": 1.0,
+                              "tag_limited_ABO": 0.0}
