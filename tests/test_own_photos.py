@@ -7,7 +7,6 @@ photos is tagged dog/person, which a folder numbers alphabetically: dog 1, perso
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -272,12 +271,11 @@ def test_8_error_only_runs_do_not_import_torch(scene, case):
         "predict_missing_workdir": ["predict", "--workdir", str(scene / "w"), "--data", str(scene / "photos"),
                                     "--out", str(scene / "r.json")],
     }[case]
-    start = time.perf_counter()
+    # torch not imported is what makes these runs fast (~0.4 s on the idle machine); the time itself is
+    # not asserted: on the shared 2-core machine under load it passed 5 s (speed goals live in benchmarks/)
     proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
-    seconds = time.perf_counter() - start
     assert proc.stdout.split() == ["NO-TORCH", "2"], proc.stderr
-    assert seconds < 5  # measured ~0.4 s on the idle 2-core machine; generous for a busy one
     assert not (scene / "w").exists()
 
 
