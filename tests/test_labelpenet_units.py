@@ -217,3 +217,72 @@ def test_crf_without_the_package_is_the_argmax_with_one_warning(monkeypatch):
     np.testing.assert_array_equal(out, probs.argmax(axis=0))
     with pytest.raises(ValueError, match="do not match"):
         crf.dense_crf(image, probs[:, :8])
+
+
+# ---------------------------------------------------------------- Eqs. 3-4: which weight a background sample carries
+
+def test_sample_weights_matched_or_nearest_ground_truth():
+    from wsis.methods.labelpenet.model import sample_weights
+
+    targets = [{"weights": torch.tensor([0.2, 0.9])}, {"weights": torch.zeros(0)}]
+    matched = [torch.tensor([1, -1, 0, -2]), torch.tensor([-1, -1])]
+    nearest = [torch.tensor([1, 1, 0, 0]), torch.tensor([0, 0])]
+    got = sample_weights(targets, matched, nearest)
+    assert got[0].tolist() == pytest.approx([0.9, 0.9, 0.2, 0.2])
+    assert got[1].tolist() == [1.0, 1.0]  # no ground truth: unit weights
+
+
+def _boxes(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_rpn_background_anchor_takes_the_weight_of_the_ground_truth_it_overlaps_most():
+    """A = [0,0,10,10] (weight 0.2), B = [20,0,30,10] (0.9); IoU thresholds 0.7 / 0.3. Anchors: A itself
+    (fg of A), B shifted by 1 (IoU 90/110 = 0.82, fg of B), by 4 (IoU 60/140 = 0.43, ignored), by 7 (IoU
+    30/170 = 0.18, background next to B), and one far from both (IoU 0: argmax picks A). Before, every
+    anchor that was not foreground took A's weight (torchvision's match -1/-2 clamped to 0)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.rpn import RPNHead
+
+    from wsis.methods.labelpenet.model import WeightedRPN
+
+    rpn = WeightedRPN(AnchorGenerator(((8,),), ((1.0,),)), RPNHead(4, 1), 0.7, 0.3, 256, 0.5,
+                      dict(training=10, testing=10), dict(training=10, testing=10), 0.7)
+    anchors = _boxes([0, 0, 10, 10], [21, 0, 31, 10], [24, 0, 34, 10], [27, 0, 37, 10], [100, 100, 110, 110])
+    targets = [{"boxes": _boxes([0, 0, 10, 10], [20, 0, 30, 10]), "weights": torch.tensor([0.2, 0.9])}]
+    labels, _ = rpn.assign_targets_to_anchors([anchors], targets)
+    assert labels[0].tolist() == [1.0, 1.0, -1.0, 0.0, 0.0]
+    assert rpn._weights.tolist() == pytest.approx([0.2, 0.9, 0.9, 0.9, 0.2])
+
+
+def test_roi_heads_background_roi_takes_the_weight_of_the_ground_truth_it_overlaps_most():
+    """Eq. 4's weights of the sampled RoIs: a foreground RoI carries its ground truth's weight, a
+    background RoI (IoU < 0.5 with both) the weight of the one it overlaps most -- B's 0.9 for a box
+    next to B, where torchvision's clamped match would give A's 0.2."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from wsis.methods.labelpenet import model as lp
+
+    seen = {}
+
+    def spy(class_logits, box_regression, labels, regression_targets, weights):
+        seen["labels"], seen["weights"] = labels.clone(), weights.clone()
+        return class_logits.sum() * 0, box_regression.sum() * 0
+
+    heads = lp.WeightedRoIHeads(MultiScaleRoIAlign(["0"], 2, 2), TwoMLPHead(4 * 2 * 2, 8), FastRCNNPredictor(8, 3),
+                                0.5, 0.5, 512, 1.0, None, 0.05, 0.5, 10)
+    heads.train()
+    gt = {"boxes": _boxes([0, 0, 10, 10], [20, 0, 30, 10]), "labels": torch.tensor([1, 2]),
+          "weights": torch.tensor([0.2, 0.9])}
+    proposals = [_boxes([0, 0, 10, 10], [27, 0, 37, 10])]  # A itself; next to B (IoU 0.18)
+    features = {"0": torch.zeros(1, 4, 8, 8)}
+    original = lp.weighted_rcnn_loss
+    lp.weighted_rcnn_loss = spy
+    try:
+        heads(features, proposals, [(40, 40)], [gt])
+    finally:
+        lp.weighted_rcnn_loss = original
+    # torchvision appends the ground-truth boxes to the proposals: A, next-to-B, A (gt), B (gt)
+    by_label = sorted(zip(seen["labels"].tolist(), [round(w, 6) for w in seen["weights"].tolist()]))
+    assert by_label == [(0, 0.9), (1, 0.2), (1, 0.2), (2, 0.9)]

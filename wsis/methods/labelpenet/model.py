@@ -19,8 +19,9 @@
   the ASPP sits after relu5_3 (stride 8); here both read the one stride-16 map.
 
 Eq. 3's objectness term is written ``L_obj(w_i, w_i^*)``; here every sampled anchor (positive or
-negative) carries the weight of the ground truth it was matched to, as Eq. 4 has for the RoIs and
-as "each proposal sampled has a same weight with the corresponding ground truth" says; targets
+negative) carries the weight of its ground truth, as Eq. 4 has for the RoIs and as "each proposal
+sampled has a same weight with the corresponding ground truth" says -- for a foreground sample the one
+it was matched to, for a background sample the one it overlaps most (:func:`sample_weights`); targets
 stay the 0/1 labels. Both sums are divided by the number of sampled anchors / RoIs (Faster R-CNN's
 normalisation): with unit weights they are torchvision's losses exactly (tested).
 """
@@ -40,6 +41,7 @@ from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_bo
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_pool
+from torchvision.ops import boxes as box_ops
 
 from wsis.backbones import Backbone, strided_backbone
 from wsis.detectors.wsddn import WSDDNHead, segment_softmax, segment_sum
@@ -99,15 +101,19 @@ class ClassificationModule(nn.Module):
 
 # ---------------------------------------------------------------- Eqs. 3-4
 
-def _sample_weights(targets: list[dict[str, torch.Tensor]], matched: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each sampled anchor / RoI's weight: its matched ground truth's (1 in an image without any)."""
+def sample_weights(targets: list[dict[str, torch.Tensor]], matched: list[torch.Tensor],
+                   nearest: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each sampled anchor / RoI's weight: that of the ground truth it was matched to (``matched`` >= 0),
+    and for a background sample, which no ground truth claims, that of the ground truth it overlaps most
+    (``nearest``: the argmax of its IoU row) -- the one whose threshold made it background; 1 in an
+    image without ground truth."""
     out = []
-    for t, m in zip(targets, matched):
+    for t, m, n in zip(targets, matched, nearest):
         w = t.get("weights")
         if w is None or len(w) == 0:
             out.append(torch.ones(len(m), device=m.device))
         else:
-            out.append(w.to(torch.float32)[m.clamp(min=0)])
+            out.append(w.to(torch.float32)[torch.where(m >= 0, m, n)])
     return out
 
 
@@ -158,7 +164,7 @@ class WeightedRPN(RegionProposalNetwork):
         return super().forward(images, OrderedDict((k, features[k]) for k in self.levels), targets)
 
     def assign_targets_to_anchors(self, anchors, targets):
-        labels, matched_boxes, matched_all = [], [], []
+        labels, matched_boxes, matched_all, nearest_all = [], [], [], []
         for anchors_i, t in zip(anchors, targets):
             gt = t["boxes"]
             if gt.numel() == 0:
@@ -166,15 +172,18 @@ class WeightedRPN(RegionProposalNetwork):
                 labels.append(torch.zeros(len(anchors_i), device=anchors_i.device))
                 matched_boxes.append(torch.zeros_like(anchors_i))
                 matched_all.append(matched)
+                nearest_all.append(matched)
                 continue
-            matched = self.proposal_matcher(self.box_similarity(gt, anchors_i))
+            similarity = self.box_similarity(gt, anchors_i)
+            matched = self.proposal_matcher(similarity)
+            nearest_all.append(similarity.argmax(dim=0))
             lab = (matched >= 0).to(torch.float32)
             lab[matched == self.proposal_matcher.BELOW_LOW_THRESHOLD] = 0.0
             lab[matched == self.proposal_matcher.BETWEEN_THRESHOLDS] = -1.0
             labels.append(lab)
             matched_boxes.append(gt[matched.clamp(min=0)])
             matched_all.append(matched)
-        self._weights = torch.cat(_sample_weights(targets, matched_all))
+        self._weights = torch.cat(sample_weights(targets, matched_all, nearest_all))
         return labels, matched_boxes
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
@@ -192,7 +201,11 @@ class WeightedRoIHeads(RoIHeads):
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
         proposals, matched, labels, regression_targets = self.select_training_samples(proposals, targets)
-        weights = _sample_weights(targets, matched)
+        # torchvision clamps a background RoI's match to ground truth 0: mark it unmatched (-1) by its label
+        matched = [torch.where(lab > 0, m, -1) for m, lab in zip(matched, labels)]
+        nearest = [box_ops.box_iou(t["boxes"], p).argmax(dim=0) if len(t["boxes"]) else torch.zeros_like(m)
+                   for t, p, m in zip(targets, proposals, matched)]
+        weights = sample_weights(targets, matched, nearest)
         x = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(x)
         cls, reg = weighted_rcnn_loss(class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets),
