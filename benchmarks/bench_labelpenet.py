@@ -10,7 +10,7 @@ BENCHMARK.md protocol, trained on the tags of coco128 + coco-train83, scored on 
 tuned on it). Training resumes from ``--workdir``: first cascaded pre-training alone (the
 forward-backward schedule set to 0), scored; then the same workdir with the forward-backward
 schedule, whose finished modules are loaded, not retrained; scored again. Extra ``key=value``
-overrides after ``--set`` apply to both runs. Writes benchmarks/results/labelpenet[_synthetic].md/.json.
+overrides after ``--set`` apply to both runs. Writes benchmarks/results/labelpenet[_synthetic].md/.json, or ``--out PATH``.
 """
 from __future__ import annotations
 
@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=40)
     parser.add_argument("--val", type=int, default=30)
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write OUT.json / OUT.md (default benchmarks/results/labelpenet[_synthetic]: the "
+                             "hand-written history in labelpenet_synthetic.md would be replaced)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     synthetic = args.dataset == "synthetic"
@@ -88,8 +91,9 @@ def main() -> None:
         for module in MODULES:
             out["rows"][f"{phase} / {module}"] = score(predictor, val, module)
             print(phase, module, out["rows"][f"{phase} / {module}"], flush=True)
-    name = "labelpenet_synthetic" if synthetic else "labelpenet"
-    with atomic_write(RESULTS / f"{name}.json") as f:
+    target = args.out or RESULTS / ("labelpenet_synthetic" if synthetic else "labelpenet")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target.with_suffix(".json")) as f:
         json.dump(out, f, indent=2)
     lines = [f"# Label-PEnet module ladder ({args.dataset})", "", f"Command: `{out['command']}` (commit {out['commit']})",
              f"Train {len(train)} images (tags only), val {len(val)}; config {config.name} {' '.join(args.overrides)}; "
@@ -101,7 +105,8 @@ def main() -> None:
         m = row["mAPr"]
         lines.append(f"| {phase} | {module} | {pct(row['box_ap50'])} | {pct(row['corloc'])} | "
                      f"{pct(m.get('0.25'))} | {pct(m.get('0.5'))} | {pct(m.get('0.75'))} | {pct(row['abo'])} |")
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    with atomic_write(target.with_suffix(".md")) as f:
+        f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
