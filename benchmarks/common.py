@@ -61,3 +61,22 @@ def machine() -> dict:
 def pct(x: float | None) -> str:
     """A fraction as a percentage with one decimal for the tables; '-' where undefined."""
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def upsert_row(out: Path, name: str, row: dict, render) -> str:
+    """Add or replace row ``name`` in ``out``.json (name -> row), then rewrite ``out``.md as
+    ``render(rows, out)`` -- both atomically; returns the Markdown (a diagnosis table's one writer)."""
+    import json
+
+    from wsis.data.images import atomic_write
+
+    path = out.with_suffix(".json")
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    rows[name] = row
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        json.dump(rows, f, indent=2)
+    text = render(rows, out)
+    with atomic_write(out.with_suffix(".md")) as f:
+        f.write(text)
+    return text

@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, VAL_JSON, commit, peak_rss_mib
+from common import ROOT, VAL_JSON, commit, peak_rss_mib, upsert_row
 
 from wsis import masks as mask_ops
 from wsis.cues.peak_backprop import peak_response_maps
 from wsis.cues.peaks import select_peak_indices
 from wsis.cues.prm import peak_stimulation
 from wsis.data import load_dataset
-from wsis.data.images import atomic_write, load_image
+from wsis.data.images import load_image
 from wsis.eval import evaluate
 from wsis.eval.subsets import voc20_ids
 from wsis.eval.tags import tag_map, threshold_precision_recall
@@ -398,16 +398,7 @@ def main() -> None:
     for subset in ("all80", "voc20") if voc20_ids(val.categories) else ("all80",):
         row[subset] = summarise(per_image, subset_gt, val.categories, cat_ids, thresholds,
                                 None if subset == "all80" else "voc20")
-    path = args.out.with_suffix(".json")
-    rows = json.loads(path.read_text()) if path.is_file() else {}
-    rows[args.name] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        json.dump(rows, f, indent=2)
-    text = markdown(rows, args.out)
-    with atomic_write(args.out.with_suffix(".md")) as f:
-        f.write(text)
-    print(text)
+    print(upsert_row(args.out, args.name, row, markdown))
 
 
 def _apply(cfg, overrides: list[str]):

@@ -48,11 +48,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, VAL_JSON, commit, pct, peak_rss_mib
+from common import ROOT, VAL_JSON, commit, pct, peak_rss_mib, upsert_row
 
 from wsis.data import load_dataset
 from wsis.data.coco import load_coco_results
-from wsis.data.images import atomic_write
 from wsis.eval.diagnosis import pool_best_iou, summarise
 from wsis.eval.subsets import voc20_ids
 
@@ -187,16 +186,7 @@ def main() -> None:
         row[subset] = summarise(gt, results.predictions, threshold=args.score_threshold, best_iou=best_iou,
                                 subset=None if subset == "all" else subset)
     row["seconds"], row["peak_rss_mib"] = time.perf_counter() - started, peak_rss_mib()
-    path = args.out.with_suffix(".json")
-    rows = json.loads(path.read_text()) if path.is_file() else {}
-    rows[args.name] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        json.dump(rows, f, indent=2)
-    text = markdown(rows, args.out)
-    with atomic_write(args.out.with_suffix(".md")) as f:
-        f.write(text)
-    print(text)
+    print(upsert_row(args.out, args.name, row, markdown))
 
 
 if __name__ == "__main__":
