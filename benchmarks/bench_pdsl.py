@@ -130,7 +130,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.out.with_suffix(".json")) as f:
         json.dump(result, f, indent=2, default=str)
-    print(markdown(result))
+    text = markdown(result)
+    with atomic_write(args.out.with_suffix(".md")) as f:
+        f.write(text + "\n")
+    print(text)
 
 
 
@@ -152,7 +155,7 @@ def markdown(result: dict) -> str:
                          f"{run['inference']['median_s']:.2f} |")
     lines.append(f"\n{result['val_images']} val images; s/img = median of prediction + proposal generation "
                  f"(proposals alone {result['median_s_proposals']:.2f} s); machine: {result['machine']['platform']}, "
-                 f"{result['machine']['threads']} torch threads, CUDA {result['machine']['cuda']}.")
+                 f"{result['machine']['torch_threads']} torch threads, CUDA {result['machine']['cuda']}.")
     return "\n".join(lines)
 
 

@@ -116,28 +116,3 @@ def test_classification_module_fits_its_training_scenes(tmp_path):
     # start is log 5 ~ 1.6); the fitted loss must have closed more than half the gap to that floor
     floor = float(np.mean([np.log(len(set(r.tags))) for r in records]))
     assert np.mean(losses[-4:]) - floor < 0.5 * (np.mean(losses[:2]) - floor), (floor, losses)
-
-
-
-
-@pytest.mark.slow  # ~4 min at one thread on the idle 2-core machine
-def test_cascade_detection_module_localises_its_training_scenes_better_than_classification(tmp_path):
-    """Cascaded pre-training for real (demo_labelpenet.yaml: ImageNet Lite0, the ladder's first 8
-    training scenes, classification 100 and detection 150 iterations): the detection module, trained
-    on the classification module's calibrated boxes of these scenes, finds the scenes' objects better
-    than the classification module did -- box AP@0.5 on the training scenes, the label propagation
-    the cascade is for (papers/001, Table 2's first two rows). Held-out scenes need more training
-    scenes than a test can afford (labelpenet_synthetic.md: 16 scenes, 2.6 -> 4.6)."""
-    from wsis.data.synthetic import make_scenes
-    from wsis.eval.detection import detection_ap
-    from wsis.methods import get_method
-
-    records = make_scenes(tmp_path / "data", num_images=8, seed=0, image_size=(128, 128))
-    steps = {"classification": (100, 80), "detection": (150, 120), "refinement": (0, 0), "segmentation": (0, 0)}
-    over = [f"proposals.cache_dir={tmp_path / 'proposals'}", "device=cpu", "schedule.forward_backward.iterations=0"]
-    over += [f"schedule.{m}.iterations={n}" for m, (n, _) in steps.items()]
-    over += [f"schedule.{m}.lr_steps=[{s}]" for m, (n, s) in steps.items() if n]
-    predictor = get_method("labelpenet").fit(records, "demo_labelpenet.yaml", over, tmp_path / "run")
-    ap = {m: detection_ap(records, {r.image_id: predictor.predict(r, module=m) for r in records}, 0.5)["mAP"]
-          for m in ("classification", "detection")}
-    assert ap["detection"] > ap["classification"] + 0.01, ap
