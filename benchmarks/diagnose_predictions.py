@@ -111,7 +111,7 @@ def markdown(rows: dict, out: Path = RESULTS) -> str:
         "prediction are one tied block at the end, whose positives still add recall at the block's precision: "
         "an empty predictions file scores the mean positive rate (5.0 all80, 8.6 VOC20 on coco-val50), not 0;",
         "- **(a) P / R**: precision / recall of the (image, class) pairs with a prediction at or above the "
-        "method's output threshold (`thr`; `-`: every prediction counts), how many pairs that is;",
+        "method's output threshold (`thr`; `-`: every prediction counts), how many pairs pass and how many are true;",
         "- **real**: VOC-protocol mAP^r@0.25 / @0.5 / ABO of the predictions at or above `thr` (with `-`, the "
         "numbers of `wsis evaluate`), then COCO segm AP;",
         "- **(b) oracle filter**: the same with the predictions of classes absent from the image dropped. A "
@@ -139,13 +139,14 @@ def markdown(rows: dict, out: Path = RESULTS) -> str:
             limited = pct(c["tag_limited_ABO"]) + ("" if "ABO" in c else " (no pool)")
             lines.append(
                 f"| {name} | {label} | {thr} | {pct(s['tag_mAP'])} ({s['tag_classes']}) | {pct(s['tag_precision'])} / "
-                f"{pct(s['tag_recall'])} ({s['tag_passed']} of {s['tag_positives']}) | {pct(p['mAP_0.25'])} / "
+                f"{pct(s['tag_recall'])} ({s['tag_passed']} pass, {s['tag_positives']} true) | {pct(p['mAP_0.25'])} / "
                 f"{pct(p['mAP_0.5'])} / {pct(p['ABO'])} | {pct(p['coco'].get('AP'))} | {pct(o['mAP_0.25'])} / "
                 f"{pct(o['mAP_0.5'])} / {pct(o['ABO'])} | {pool} | {limited} |")
     notes = [(n, r["note"]) for n, r in rows.items() if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + [f"- **{n}**: {note}" for n, note in notes]
-    return "\n".join(lines) + "\n"
+    reading = out.parent / f"{out.name}_reading.md"  # written by hand from the rows, kept across reruns
+    return "\n".join(lines) + "\n" + ("\n" + reading.read_text() if reading.is_file() else "")
 
 
 def main() -> None:

@@ -150,7 +150,7 @@ def test_script_end_to_end(case, tmp_path):
     row = json.loads(out.with_suffix(".json").read_text())["drawn"]["all"]
     assert row["tag_mAP"] == pytest.approx(0.75) and row["ceiling"]["tag_limited_ABO"] == pytest.approx(2 / 3)
     # the table's row: all classes (2), no threshold, tag mAP 75.0, P / R 2/3, real = oracle filter here
-    assert ("| drawn | all2 | - | 75.0 (2) | 66.7 / 66.7 (3 of 3) | 41.7 / 41.7 / 66.7 |"
+    assert ("| drawn | all2 | - | 75.0 (2) | 66.7 / 66.7 (3 pass, 3 true) | 41.7 / 41.7 / 66.7 |"
             in out.with_suffix(".md").read_text())
 
 
