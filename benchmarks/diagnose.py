@@ -42,7 +42,7 @@ from wsis.cues.peaks import select_peak_indices
 from wsis.cues.prm import peak_stimulation
 from wsis.data import load_dataset
 from wsis.data.images import load_image
-from wsis.eval import evaluate
+from wsis.eval import diagnosis, evaluate
 from wsis.eval.subsets import voc20_ids
 from wsis.eval.tags import tag_map, threshold_precision_recall
 from wsis.proposals.fill import with_fill
@@ -110,9 +110,7 @@ def peak_stage(pred, record, image: np.ndarray, thresholds: np.ndarray, cache: P
     gt_cols = np.isin(cat_ids, np.asarray(record.tags, dtype=np.int64))
     holder: dict = {}
     if pred.localisation_size() != cfg.data.image_size:  # test.image_size: classes decided at the training size
-        with torch.no_grad():
-            crm = pred.model.crm(pred.prepare(image, cfg.data.image_size))
-        holder["train_scores"] = peak_stimulation(crm, pred.model.win_size, pred.model.peak_filter)[0].cpu().numpy()
+        holder["train_scores"] = pred.training_size_scores(image).cpu().numpy()
 
     def select(crm: torch.Tensor) -> torch.Tensor:
         scores = holder.get("train_scores")
@@ -186,18 +184,12 @@ def analyse_image(pred, record, thresholds: np.ndarray, cache: Path | None = Non
         memo["props"] = pred.proposals(record)
     props = memo["props"]
     out = {"scores": holder["scores"], "passed": holder["passed"], "gt_cols": gt_cols}
-    gt = record.gt
-    gt_keep = ~record.crowd if gt is not None else np.zeros(0, bool)
-    gt_rles = [m for m, k in zip(gt.masks, gt_keep) if k] if gt is not None and len(gt) else []
-    gt_labels = gt.labels[gt_keep] if gt is not None and len(gt) else np.zeros(0, np.int64)
+    gt_rles, gt_labels = diagnosis.instances(record)
     # (c) ceiling among the proposals retrieval may pick (size limits)
     if "areas" not in memo:
         memo["areas"] = mask_ops.area(props.masks) if props.masks else np.zeros(0)
     areas = memo["areas"]
-    lo, hi = cfg.test.retrieval.size_limit
-    pickable = (areas >= lo * h * w) & (areas < hi * h * w)
-    if cfg.test.retrieval.proposal_count is not None:
-        pickable[cfg.test.retrieval.proposal_count:] = False
+    pickable = diagnosis.pickable(areas, h * w, cfg.test.retrieval.size_limit, cfg.test.retrieval.proposal_count)
     if "iou" not in memo:
         memo["iou"] = (mask_ops.iou(props.masks, gt_rles) if gt_rles and props.masks
                        else np.zeros((len(areas), len(gt_rles))))
@@ -291,11 +283,9 @@ def summarise(per_image: list[dict], records, categories, cat_ids: np.ndarray, t
     tagged = np.concatenate([
         np.asarray([bool(p["passed"][col_of[int(lab)]]) for lab in p["ceiling"]["labels"]], bool)[
             np.isin(p["ceiling"]["labels"], list(keep_ids))] for p in per_image])
-    row["ceiling"] = {"tag_limited_ABO": float((best * tagged).mean()) if len(best) else 0.0,
-                      "ABO": float(best.mean()) if len(best) else 0.0,
-                      "recall_0.5": float((best >= 0.5).mean()) if len(best) else 0.0, "instances": len(best),
-                      "peaked": float(peaked.mean()) if len(best) else 0.0,
-                      "peak_bound_ABO": float((best * peaked).mean()) if len(best) else 0.0}
+    row["ceiling"] = diagnosis.ceiling_summary(best, tagged)  # ABO, recall@0.5, tag-limited ABO
+    row["ceiling"].update(peaked=float(peaked.mean()) if len(best) else 0.0,
+                          peak_bound_ABO=float((best * peaked).mean()) if len(best) else 0.0)
     peaks = [e for p in per_image for e in p["retrieval"] if e["label"] in keep_ids]
     scored = [e for e in peaks if "picked_iou" in e]
     missed = [e for e in scored if not e["is_best"]]

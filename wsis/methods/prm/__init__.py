@@ -194,13 +194,19 @@ class PRMPredictor(Predictor):
         return self.model.backbone.normalize(x[None]).to(self.device)
 
     @torch.no_grad()
+    def training_size_scores(self, image: np.ndarray) -> torch.Tensor:
+        """(C,) peak-stimulation class scores of the image at ``data.image_size``, where the thresholds
+        were calibrated."""
+        crm = self.model.crm(self.prepare(image, self.cfg.data.image_size))
+        return scores_and_peaks(self.model, crm)[0][0]
+
+    @torch.no_grad()
     def class_decision(self, image: np.ndarray) -> torch.Tensor | None:
         """(C,) bool: the classes that pass their thresholds, scored at the training resolution; None
         when the localisation runs at that resolution too (the peak stage then decides on its own CRM)."""
         if self.localisation_size() == self.cfg.data.image_size:
             return None
-        crm = self.model.crm(self.prepare(image, self.cfg.data.image_size))
-        scores = scores_and_peaks(self.model, crm)[0][0]
+        scores = self.training_size_scores(image)
         self._last_top = (float(scores.max()), int(scores.argmax())) if len(scores) else None
         return scores >= self.class_thresholds().to(scores.device)
 
