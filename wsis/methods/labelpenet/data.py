@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from wsis.data.images import atomic_write, load_image
 from wsis.engine.checkpoint import derive_seed
+from wsis.masks import resize_nonempty
 from wsis.methods.labelpenet.calibration import Candidates
 from wsis.methods.labelpenet.config import LabelPENetDataConfig
 from wsis.proposals.cache import ProposalCache
@@ -86,8 +87,8 @@ def map_boxes(boxes: np.ndarray, scale: float, width: int, flip: bool) -> np.nda
 
 
 def map_masks(masks: np.ndarray, height: int, width: int, flip: bool) -> np.ndarray:
-    out = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-                    for m in masks]) if len(masks) else np.zeros((0, height, width), np.uint8)
+    out = resize_nonempty(np.asarray(masks, bool), height, width).view(np.uint8) if len(masks) \
+        else np.zeros((0, height, width), np.uint8)
     return out[:, :, ::-1].copy() if flip else out
 
 

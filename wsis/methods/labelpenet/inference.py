@@ -25,13 +25,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from wsis.cues.crf import dense_crf
 from wsis.cues.excitation import excitation_maps
+from wsis.masks import resize_nonempty
 from wsis.methods.labelpenet.calibration import Candidates, calibrate
 from wsis.methods.labelpenet.config import LabelPENetConfig
 from wsis.methods.labelpenet.data import image_tensor, resize_shorter
@@ -49,8 +49,7 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
 
 
 def to_original(c: Candidates, scale: float, height: int, width: int) -> Candidates:
-    masks = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
-                      for m in c.masks]) if len(c) else np.zeros((0, height, width), bool)
+    masks = resize_nonempty(np.asarray(c.masks, bool), height, width) if len(c) else np.zeros((0, height, width), bool)
     return Candidates(masks, c.boxes / scale, c.labels, c.weights)
 
 
