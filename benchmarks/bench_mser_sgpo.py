@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
+from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib, training_records
 from wsis.config import load_config, to_dict
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
@@ -91,7 +91,7 @@ def rows_spec(max_stages: int, delta: float, deltas: list[float]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_args(parser)
+    add_data_args(parser, train_set=True)
     parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/mser_sgpo_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_mser_sgpo")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/mser_sgpo")
@@ -100,7 +100,6 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
     parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--coco128-only", action="store_true", help="train on coco128 alone (the rows before 2026-12-02)")
     parser.add_argument("--proposal-cache", type=Path, help="proposal cache folder (default: the shared one)")
     parser.add_argument("--time-proposals", action="store_true", help="regenerate every val image's proposals, timed")
     parser.add_argument("--stage1-from", type=Path, help="a finished PRM run whose classifier is stage 1")
@@ -109,11 +108,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    # the protocol's training set (coco128 + coco-train83) unless another --train is named
-    if args.train == parser.get_default("train"):
-        train = load_train_set(extra=not args.coco128_only)
-    else:
-        train = load_dataset(args.train)
+    train = training_records(args)
     val = load_dataset(args.val)
     if args.train_limit:
         train = train.subset([r.image_id for r in train.records[: args.train_limit]])

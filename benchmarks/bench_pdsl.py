@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import torch
 
-from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
+from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib, training_records
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.errors import InputError
@@ -68,14 +68,13 @@ def time_proposals(records, predictor: pdsl.PDSLPredictor) -> dict[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_args(parser)
+    add_data_args(parser, train_set=True)
     parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/pdsl_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_pdsl")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pdsl")
     parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "pdsl_rel"],
                         choices=list(VARIANTS))
     parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
-    parser.add_argument("--coco128-only", action="store_true", help="train on --train alone (before 2026-12-02)")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
     parser.add_argument("--threads", type=int, help="torch and OpenCV CPU threads (default: theirs)")
     parser.add_argument("overrides", nargs="*")
@@ -84,7 +83,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         cv2.setNumThreads(args.threads)
 
-    train = load_dataset(args.train) if args.coco128_only else load_train_set()
+    train = training_records(args)
     val = load_dataset(args.val)
     if args.train_limit:
         train = train.subset([r.image_id for r in train.records[: args.train_limit]])

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 
-from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
+from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib, training_records
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.eval import evaluate
@@ -49,18 +49,15 @@ def time_inference(predictor, records, limit: int | None) -> tuple[dict, list[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_args(parser)
+    add_data_args(parser, train_set=True)
     parser.add_argument("--config", type=Path, default=ROOT / "wsis/configs/prm_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_prm")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/prm")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
-    parser.add_argument("--coco128-only", action="store_true", help="train on coco128 alone (the rows before 2026-12-02)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    parser_default = args.train == parser.get_default("train")
-    # The protocol's training set (coco128 + coco-train83) unless another --train is named.
-    train = load_train_set(extra=not args.coco128_only) if parser_default else load_dataset(args.train)
+    train = training_records(args)
     val = load_dataset(args.val)
     started = time.perf_counter()
     predictor = prm_method.fit(train, config=args.config, overrides=args.overrides, workdir=args.workdir)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-from common import ROOT, add_data_args, commit, load_train_set, machine, pct, peak_rss_mib
+from common import ROOT, add_data_args, commit, machine, pct, peak_rss_mib, training_records
 from wsis.data import load_dataset
 from wsis.data.images import atomic_write, load_image
 from wsis.detectors.refine import refine_with_proposals
@@ -66,21 +66,20 @@ def scores(val, preds) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_data_args(parser)
+    add_data_args(parser, train_set=True)
     parser.add_argument("--wise-config", type=Path, default=ROOT / "wsis/configs/wise_cpu.yaml")
     parser.add_argument("--reference-config", type=Path, default=ROOT / "wsis/configs/maskrcnn_cpu.yaml")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs/bench_wise")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/wise")
     parser.add_argument("--train-limit", type=int, help="only the first N training images (a smoke run)")
     parser.add_argument("--limit", type=int, help="only the first N validation images (a smoke run)")
-    parser.add_argument("--coco128-only", action="store_true", help="train on --train alone (before 2026-12-02)")
     parser.add_argument("--reference-result", type=Path,
                         help="bench_reference.py's json for the same reference model and validation set: its "
                              "coco-val50 scores and s/image are used instead of predicting again (no refined row)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    train = load_dataset(args.train) if args.coco128_only else load_train_set()
+    train = training_records(args)
     val = load_dataset(args.val)
     if args.train_limit:
         train = train.subset([r.image_id for r in train][: args.train_limit])

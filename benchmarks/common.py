@@ -32,10 +32,24 @@ def load_train_set(extra: bool = True):
                      "coco128+coco-train83")
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """``--train`` (coco128) and ``--val`` (coco-val50), the protocol's defaults."""
+def add_data_args(parser: argparse.ArgumentParser, train_set: bool = False) -> None:
+    """``--train`` (coco128) and ``--val`` (coco-val50), the protocol's defaults; with ``train_set``
+    also ``--coco128-only`` for :func:`training_records`."""
     parser.add_argument("--train", type=Path, default=TRAIN_JSON)
     parser.add_argument("--val", type=Path, default=VAL_JSON)
+    if train_set:
+        parser.add_argument("--coco128-only", action="store_true",
+                            help="train on coco128 alone (the rows before 2026-12-02)")
+
+
+def training_records(args: argparse.Namespace):
+    """The protocol's training set (coco128 + coco-train83), coco128 alone with ``--coco128-only``,
+    or the dataset a ``--train`` other than the default names."""
+    from wsis.data import load_dataset
+
+    if Path(args.train) != TRAIN_JSON:
+        return load_dataset(args.train)
+    return load_train_set(extra=not args.coco128_only)
 
 
 def commit() -> str:
