@@ -152,3 +152,25 @@ def test_imagenet_head_is_not_a_submodule_and_vgg_has_none():
     assert imagenet_head(lite).weight.shape == (1000, 1280)
     with pytest.raises(InputError, match="ImageNet head"):
         imagenet_head(create_backbone("vgg16", pretrained=False))
+
+
+def test_strided_lite0_without_its_head_conv_gives_the_last_blocks_channels():
+    from wsis.backbones import strided_backbone
+
+    torch.manual_seed(0)
+    full = strided_backbone("tf_efficientnet_lite0", False, 16, 0, freeze_batch_norm=True)
+    cut = strided_backbone("tf_efficientnet_lite0", False, 16, 0, freeze_batch_norm=True, head=False)
+    assert (full.out_channels, cut.out_channels) == (1280, 320)
+    # same weights but the head: the cut backbone's output is what the full one feeds its head conv
+    missing = cut.load_state_dict(full.state_dict(), strict=False)
+    assert missing.missing_keys == [] and all("conv_head" in k or "bn2" in k for k in missing.unexpected_keys)
+    full.eval(), cut.eval()
+    x = torch.rand(1, 3, 64, 96)
+    m = full.body.model
+    with torch.no_grad():
+        blocks = m.blocks(m.bn1(m.conv_stem(x)))
+        out = cut(x)
+    assert out.shape == (1, 320, 4, 6)
+    torch.testing.assert_close(out, blocks)
+    with pytest.raises(InputError, match="backbone_head"):
+        strided_backbone("resnet50", False, 16, 0, freeze_batch_norm=False, head=False)

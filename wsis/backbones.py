@@ -364,13 +364,24 @@ def backbone_stages(backbone: Backbone) -> list[nn.Module]:
     return [body]
 
 
+def _drop_lite_head(backbone: Backbone) -> None:
+    model = getattr(backbone.body, "model", None)
+    if not backbone.name.startswith("tf_efficientnet_lite") or model is None:
+        raise InputError("model.backbone_head", f"false is defined for EfficientNet-Lite backbones, not {backbone.name}")
+    model.conv_head, model.bn2 = nn.Identity(), nn.Identity()
+    backbone.out_channels = model.feature_info[-1]["num_chs"]
+
+
 def strided_backbone(name: str, pretrained: Pretrained, output_stride: int, frozen_stages: int,
-                     freeze_batch_norm: bool) -> Backbone:
+                     freeze_batch_norm: bool, head: bool = True) -> Backbone:
     """:func:`create_backbone` for RoI heads (PDSL, Label-PEnet): ``output_stride`` 16 dilates the
     last stride-2 stage (ResNet-50's res5 as torchvision's ``replace_stride_with_dilation``;
     EfficientNet-Lite0 through timm's ``output_stride``), ``freeze_batch_norm`` keeps ImageNet's
     statistics (one image per process gives no usable batch statistics), and the first
-    ``frozen_stages`` stages (:func:`backbone_stages`) get no gradient."""
+    ``frozen_stages`` stages (:func:`backbone_stages`) get no gradient. ``head=False`` drops an
+    EfficientNet-Lite's ``conv_head`` (the 1 x 1 expansion to 1280 channels that exists for the
+    ImageNet classifier): the features are then the last block's 320 channels, which makes a 7 x 7
+    RoI's fc6 input 15,680 wide instead of 62,720 (VGG-16's conv5: 512 channels, 25,088)."""
     backbone = create_backbone(name, pretrained)
     if output_stride not in (16, 32):
         raise InputError("model.output_stride", f"must be 16 or 32, got {output_stride}")
@@ -388,6 +399,8 @@ def strided_backbone(name: str, pretrained: Pretrained, output_stride: int, froz
             raise InputError("model.output_stride", f"{backbone.name} has stride {backbone.stride}; "
                              f"output_stride={output_stride} is not available for it")
         backbone.stride = output_stride
+    if not head:
+        _drop_lite_head(backbone)
     if freeze_batch_norm:
         from timm.layers import freeze_batch_norm_2d
 

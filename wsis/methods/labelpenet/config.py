@@ -21,6 +21,9 @@ class LabelPENetModelConfig:
     backbone: str = "tf_efficientnet_lite0"
     pretrained: bool | str = True
     output_stride: int = 16          # every module works on one stride-16 level (4.1)
+    # false: an EfficientNet-Lite's features without its 1 x 1 head conv (320 channels, not 1280;
+    # wsis.backbones.strided_backbone), the CPU configs' choice: fc6 and RoI pooling 4x cheaper
+    backbone_head: bool = True
     frozen_stages: int = 99          # the backbone is fixed in cascaded pre-training (4.2): all stages
     train_backbone_curriculum: bool = True  # "all layers ... trained end to end" in forward-backward learning
     roi_size: int = 7                # RoI pooling of the detection branches (4.2)

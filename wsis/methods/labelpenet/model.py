@@ -304,7 +304,7 @@ class LabelPENet(nn.Module):
         weights = cfg.pretrained if pretrained is None else pretrained
         # batch norm frozen when the config asks for pretrained weights, so a saved model is rebuilt the same way
         self.backbone = strided_backbone(cfg.backbone, weights, cfg.output_stride, cfg.frozen_stages,
-                                         freeze_batch_norm=cfg.pretrained is not False)
+                                         freeze_batch_norm=cfg.pretrained is not False, head=cfg.backbone_head)
         self.classification = ClassificationModule(self.backbone.out_channels, num_classes, cfg, self.backbone.stride)
         self.detection = build_rcnn(self.backbone, num_classes, cfg, masks=False)
         self.refinement = build_rcnn(self.backbone, num_classes, cfg, masks=True)
