@@ -286,3 +286,21 @@ def test_roi_heads_background_roi_takes_the_weight_of_the_ground_truth_it_overla
     # torchvision appends the ground-truth boxes to the proposals: A, next-to-B, A (gt), B (gt)
     by_label = sorted(zip(seen["labels"].tolist(), [round(w, 6) for w in seen["weights"].tolist()]))
     assert by_label == [(0, 0.9), (1, 0.2), (1, 0.2), (2, 0.9)]
+
+
+def test_a_module_labels_its_training_images_only_when_a_later_stage_trains():
+    from wsis.config import load_config
+    from wsis.methods.labelpenet import _supervises
+    from wsis.methods.labelpenet.config import LabelPENetConfig
+
+    def cfg(**its):
+        return load_config(LabelPENetConfig, "demo_labelpenet.yaml",
+                           [f"schedule.{m}.iterations={n}" for m, n in its.items()])
+
+    ladder_prefix = cfg(refinement=0, segmentation=0, forward_backward=0)
+    assert _supervises(ladder_prefix, "classification") and not _supervises(ladder_prefix, "detection")
+    assert not _supervises(ladder_prefix, "refinement") and not _supervises(ladder_prefix, "segmentation")
+    # a later module that trains needs every output before it; so does forward-backward learning
+    assert _supervises(cfg(refinement=0, segmentation=5, forward_backward=0), "refinement")
+    assert _supervises(cfg(refinement=0, segmentation=0, forward_backward=3), "detection")
+    assert not _supervises(cfg(), "segmentation")  # nothing comes after the last module

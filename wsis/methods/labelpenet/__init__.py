@@ -121,6 +121,19 @@ def _losses(values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
     return sum(values.values()), {k: v.detach() for k, v in values.items()}
 
 
+def _trains(sched: ScheduleConfig, key: str) -> bool:
+    return next(iter(schedule_length(sched, key).values())) > 0
+
+
+def _supervises(cfg: LabelPENetConfig, module: str) -> bool:
+    """Whether a module's calibrated instances are needed: some later module, or forward-backward
+    learning, trains on them. A run that trains the first modules alone (a module ladder's prefix)
+    then skips a labelling pass per module; a later run with longer schedules labels what is missing."""
+    later = MODULES[MODULES.index(module) + 1:]
+    return bool(later) and (any(_trains(getattr(cfg.schedule, m), f"schedule.{m}") for m in later)
+                            or _trains(cfg.schedule.forward_backward, "schedule.forward_backward"))
+
+
 def label_records(net: LabelPENet, module: str, records: Sequence[ImageRecord], category_ids: list[int],
                   store: SupervisionStore, cfg: LabelPENetConfig, proposal_cache: ProposalCache) -> int:
     """Module ``module``'s calibrated instances of every record without a file in ``store``; returns
@@ -179,7 +192,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
             if is_main():
                 save_checkpoint(stage_dir / STAGE_MODEL, {"model": getattr(net, module).state_dict()})
         meta["modules"][module] = schedule_length(sched)
-        if module != MODULES[-1]:
+        if _supervises(cfg, module):
             meta["modules"][module]["labelled_this_run"] = label_records(
                 net, module, records.records, category_ids, stores[module], cfg, proposal_cache)
 
@@ -232,7 +245,8 @@ def export_pseudo_labels(workdir: str | Path, module: str, records: Sequence[Ima
     preds = {}
     for r in records:
         if not store.has(r.image_id):
-            raise InputError(store.path(r.image_id), f"no {module} output for image {r.image_id} (not a training image?)")
+            raise InputError(store.path(r.image_id), f"no {module} output for image {r.image_id}: not a training image, or "
+                             f"no later module trained on the {module} module's outputs in this run")
         c = store.load(r.image_id)
         h, w = c.masks.shape[1:]
         preds[r.image_id] = as_instances(c, np.asarray(category_ids, np.int64)[c.labels], h, w)
