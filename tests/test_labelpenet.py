@@ -116,3 +116,30 @@ def test_classification_module_fits_its_training_scenes(tmp_path):
     # start is log 5 ~ 1.6); the fitted loss must have closed more than half the gap to that floor
     floor = float(np.mean([np.log(len(set(r.tags))) for r in records]))
     assert np.mean(losses[-4:]) - floor < 0.5 * (np.mean(losses[:2]) - floor), (floor, losses)
+
+
+@pytest.mark.slow  # ~4 min on the shared 2-core machine (465 s at load 4 with the training-scene scoring too)
+def test_cascade_detection_module_improves_box_ap_on_classification(tmp_path):
+    """The issue's ladder check, trained for real through ``fit``: 16 synthetic scenes (tags only),
+    the classification module 100 iterations, its calibrated boxes B^1 the detection module's
+    supervision for 400; box AP@0.5 of both modules' predictions on 16 other scenes. Measured when
+    the test was written: classification 9.6, detection 15.9 (with 150 detection iterations the
+    detection module was still below its teacher, 6.6; benchmarks/results/labelpenet_synthetic.md)."""
+    from wsis.data.synthetic import make_scenes
+    from wsis.eval.detection import detection_ap
+    from wsis.methods import get_method
+
+    train = make_scenes(tmp_path / "train", num_images=16, seed=0, image_size=(128, 128))
+    val = make_scenes(tmp_path / "val", num_images=16, seed=1, image_size=(128, 128))
+    steps = {"classification": (100, 0.001, "grad_clip: 5.0, "), "detection": (400, 0.005, ""),
+             "refinement": (0, 0.005, ""), "segmentation": (0, 0.005, "")}
+    over = [f"proposals.cache_dir={tmp_path / 'proposals'}", "device=cpu", "model.backbone_head=false",
+            "schedule.forward_backward.iterations=0"]
+    over += [f"schedule.{m}={{iterations: {n}, batch_size: 2, lr: {lr}, lr_steps: [{int(0.8 * n)}], "
+             f"warmup_iterations: 10, {extra}checkpoint_every: 1000, log_every: 0}}"
+             for m, (n, lr, extra) in steps.items()]
+    predictor = get_method("labelpenet").fit(train, "demo_labelpenet.yaml", over, tmp_path / "run")
+    ap = {m: detection_ap(val, {r.image_id: predictor.predict(r, module=m) for r in val}, 0.5)["mAP"]
+          for m in ("classification", "detection")}
+    assert ap["classification"] > 0.02, ap  # the teacher learned something to improve on
+    assert ap["detection"] > ap["classification"], ap

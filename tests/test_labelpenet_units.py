@@ -304,3 +304,14 @@ def test_a_module_labels_its_training_images_only_when_a_later_stage_trains():
     assert _supervises(cfg(refinement=0, segmentation=5, forward_backward=0), "refinement")
     assert _supervises(cfg(refinement=0, segmentation=0, forward_backward=3), "detection")
     assert not _supervises(cfg(), "segmentation")  # nothing comes after the last module
+
+
+def test_a_candidate_whose_box_collapsed_on_the_border_keeps_a_mask():
+    from wsis.methods.labelpenet.calibration import box_mask, box_of
+
+    # a regressed box clamped to a 10 x 8 image, collapsed onto its right and bottom edges
+    m = box_mask(np.array([10.0, 8.0, 10.0, 8.0]), 8, 10)
+    assert m.sum() == 1 and m[7, 9] and box_of(m).tolist() == [9, 7, 10, 8]
+    # an ordinary box is its pixels: columns 2..4, rows 1..2
+    m = box_mask(np.array([2.0, 1.0, 5.0, 3.0]), 8, 10)
+    assert m.sum() == 6 and box_of(m).tolist() == [2, 1, 5, 3]

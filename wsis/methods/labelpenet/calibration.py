@@ -128,6 +128,16 @@ def background_map(instance_maps: np.ndarray) -> np.ndarray:
     return np.maximum(0.0, 1.0 - instance_maps.sum(axis=0)) if len(instance_maps) else None
 
 
+def box_mask(box: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The pixels of a box, at least one: a regressed box clamped to the image can have collapsed
+    onto its border (x0 = x1 = width), whose plain slice would be empty."""
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+    mask = np.zeros((height, width), bool)
+    mask[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] = True
+    return mask
+
+
 def box_of(mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
@@ -158,9 +168,7 @@ def calibrate(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, classes:
     for k, g in enumerate(groups):
         mask = labels == k + 1
         if not mask.any():
-            x0, y0, x1, y1 = np.round(nms_boxes[g.top]).astype(int)
-            mask = np.zeros((h, w), bool)
-            mask[max(y0, 0):max(y1, y0 + 1), max(x0, 0):max(x1, x0 + 1)] = True
+            mask = box_mask(nms_boxes[g.top], h, w)
         masks.append(mask)
         out_boxes.append(box_of(mask))
     return Candidates(np.stack(masks), np.stack(out_boxes), np.array([g.label for g in groups], np.int64),
