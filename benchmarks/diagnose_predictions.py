@@ -93,7 +93,10 @@ def ceilings(records, proposals, size_limit, proposal_count) -> dict[int, np.nda
     out, started = {}, time.perf_counter()
     for n, record in enumerate(records):
         props = proposals.get(cache, record.path)
-        out[record.image_id] = pool_best_iou(record, props.masks or [], size_limit, proposal_count)
+        if props.masks is None:  # a box pool (selective search) has no mask ceiling; 0 would read as one
+            raise SystemExit(f"--proposals: the {proposals.method} pool gives boxes, not masks, so it has no "
+                             "mask ceiling; leave --proposals out")
+        out[record.image_id] = pool_best_iou(record, props.masks, size_limit, proposal_count)
         print(f"  pool {n + 1}/{len(records)} image {record.image_id}: {time.perf_counter() - started:.0f} s",
               file=sys.stderr, flush=True)
     return out

@@ -186,3 +186,24 @@ def test_summarise_voc20_keeps_the_voc_classes_only(case):
     # B1 alone: pool 0.5, but b is not predicted in image 1 -> tag-limited 0
     assert row["ceiling"] == {"instances": 1, "class_predicted": 0.0, "ABO": 0.5, "recall_0.5": 1.0,
                               "tag_limited_ABO": 0.0}
+
+
+def test_a_box_pool_has_no_mask_ceiling(case, monkeypatch):
+    """Selective search (Label-PEnet's pool) gives boxes: the script says so instead of a ceiling of 0."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from diagnose_predictions import ceilings
+
+    from wsis.proposals import Proposals
+
+    class BoxPool:
+        method = "selective_search"
+
+        def cache(self, root):
+            return None
+
+        def get(self, cache, path):
+            return Proposals((8, 8), boxes=np.array([[0, 0, 4, 4]], np.float32))
+
+    gt = case[0]
+    with pytest.raises(SystemExit, match="boxes, not masks"):
+        ceilings(gt.records, BoxPool(), None, None)
