@@ -3,15 +3,13 @@
 scored against those images' ground truth: instances per image, mean weight, and the fraction whose
 box (and mask) has IoU >= 0.5 with a ground-truth instance of its class. ``--min-sizes`` relabels the
 classification module's candidates B^1 (the module unchanged) with proposals under a side of S px
-dropped (``data.min_proposal_size``), on every ``--every``-th training image. ``--val-detections``
-adds the detection module's coco-val50 predictions at score threshold 0: its best score per image and
-box AP@0.5 (does anything lie under ``test.score_threshold``?).
+dropped (``data.min_proposal_size``), on every ``--every``-th training image. Whether a module's
+predictions lie under ``test.score_threshold``: ``labelpenet_diagnosis/threshold_scores.py RUN MODULE coco``.
 
     python benchmarks/analyse_labelpenet_supervision.py --workdir RUN [--min-sizes 0 32 64 --every 2] \
-        [--val-detections] [--out benchmarks/results/labelpenet_supervision]
+        [--out benchmarks/results/labelpenet_supervision]
 
-The training-image rows are what the next module learns from; a setting chosen by them never looks
-at coco-val50 (``--val-detections`` is a diagnosis of the trained run, not a choice).
+These rows are what the next module learns from; a setting chosen by them never looks at coco-val50.
 """
 from __future__ import annotations
 
@@ -26,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, commit, load_train_set  # noqa: E402
 
-from wsis import masks as mask_ops  # noqa: E402
 from wsis.data.images import atomic_write, load_image  # noqa: E402
+from wsis.eval.diagnosis import candidate_overlaps  # noqa: E402
 from wsis.methods.labelpenet import OUTPUTS  # noqa: E402
 from wsis.methods.labelpenet.calibration import Candidates  # noqa: E402
 from wsis.methods.labelpenet.config import MODULES  # noqa: E402
@@ -35,20 +33,8 @@ from wsis.methods.labelpenet.data import SupervisionStore, keep_proposals  # noq
 from wsis.structures import ImageRecord  # noqa: E402
 
 
-def best_overlaps(c: Candidates, record: ImageRecord, category_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per candidate, the best box IoU and mask IoU with a ground-truth instance of its class."""
-    labels = np.asarray(record.gt.labels)
-    boxes = np.asarray(record.gt.boxes, float).reshape(-1, 4)
-    masks = mask_ops.decode_many(record.gt.masks) if len(labels) else np.zeros((0,) + c.masks.shape[1:], bool)
-    box_iou, mask_iou = np.zeros(len(c.labels)), np.zeros(len(c.labels))
-    for k, (b, m, lab) in enumerate(zip(c.boxes, c.masks, c.labels)):
-        same = labels == category_ids[lab]
-        if same.any():
-            box_iou[k] = mask_ops.box_iou(np.asarray([b], float), boxes[same]).max()
-            inter = np.logical_and(masks[same], m).sum(axis=(1, 2))
-            union = np.logical_or(masks[same], m).sum(axis=(1, 2))
-            mask_iou[k] = (inter / np.maximum(union, 1)).max()
-    return box_iou, mask_iou
+def overlaps(c: Candidates, record: ImageRecord, category_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    return candidate_overlaps(record, c.boxes, c.masks, [category_ids[k] for k in c.labels])
 
 
 def summary(found: list[tuple[Candidates, np.ndarray, np.ndarray, ImageRecord]]) -> dict:
@@ -68,7 +54,6 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True, help="a Label-PEnet run on the protocol's training set")
     parser.add_argument("--min-sizes", type=float, nargs="*", default=[], help="relabel B^1 at these proposal sizes")
     parser.add_argument("--every", type=int, default=2, help="relabel every N-th training image")
-    parser.add_argument("--val-detections", action="store_true", help="the detection module on coco-val50 at threshold 0")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/labelpenet_supervision")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -79,7 +64,7 @@ def main() -> None:
                  "stored": {}, "relabelled": {}}
     for module in MODULES[:-1]:
         store = SupervisionStore(args.workdir / module / OUTPUTS)
-        found = [(c, *best_overlaps(c, r, category_ids), r) for r in records if store.has(r.image_id)
+        found = [(c, *overlaps(c, r, category_ids), r) for r in records if store.has(r.image_id)
                  for c in [store.load(r.image_id)]]
         out["stored"][module] = summary(found)
     if args.min_sizes:
@@ -97,23 +82,9 @@ def main() -> None:
                 tags[[index[t] for t in r.tags if t in index]] = True
                 boxes = keep_proposals(cfg.proposals.get(cache, r.path).boxes, size)
                 c = label_image(net, "classification", load_image(r.path), tags, boxes, cfg, torch.device("cpu"))
-                found.append((c, *best_overlaps(c, r, category_ids), r))
+                found.append((c, *overlaps(c, r, category_ids), r))
             out["relabelled"][f"{size:g}"] = summary(found)
             print(size, out["relabelled"][f"{size:g}"], flush=True)
-
-    if args.val_detections:
-        from common import VAL_JSON
-
-        from wsis.data import load_dataset
-        from wsis.eval.detection import detection_ap
-        from wsis.methods.labelpenet import load
-
-        val = load_dataset(VAL_JSON)
-        predictor = load(args.workdir, ["test.score_threshold=0.0"])
-        preds = {r.image_id: predictor.predict(r, module="detection") for r in val}
-        top = [float(p.scores.max()) if len(p) else 0.0 for p in preds.values()]
-        out["val_detections"] = {"box_ap50": detection_ap(val, preds, 0.5)["mAP"], "median_top_score": float(np.median(top)),
-                                 "max_top_score": float(np.max(top)), "detections": sum(len(p) for p in preds.values())}
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}"
@@ -129,11 +100,6 @@ def main() -> None:
         lines.append(f"| {name} | {s['images']} | {s['instances']} ({s['per_image']:.2f}) | {weight} | "
                      f"{pct(s['box_right'])} | {pct(s['mask_right'])} | {pct(s['median_box_area'])} |")
     lines += ["", "*right*: IoU >= 0.5 with a ground-truth instance of the candidate's class in its image."]
-    if "val_detections" in out:
-        v = out["val_detections"]
-        lines += ["", f"Detection module on coco-val50 at score threshold 0: {v['detections']} detections, box AP@0.5 "
-                  f"{pct(v['box_ap50'])}, best score per image median {v['median_top_score']:.4f}, "
-                  f"highest {v['max_top_score']:.4f}."]
     with atomic_write(args.out.with_suffix(".json")) as f:
         json.dump(out, f, indent=2)
     with atomic_write(args.out.with_suffix(".md")) as f:

@@ -207,3 +207,15 @@ def test_a_box_pool_has_no_mask_ceiling(case, monkeypatch):
     gt = case[0]
     with pytest.raises(SystemExit, match="boxes, not masks"):
         ceilings(gt.records, BoxPool(), None, None)
+
+
+def test_candidate_overlaps_count_only_the_candidates_class(case):
+    gt = case[0]
+    record = gt.records[0]  # A1 of class 1, B1 of class 2
+    masks = np.stack([A1, box(0, 4, 0, 2), B1, A1])
+    boxes = np.array([[0, 0, 4, 4], [0, 0, 2, 4], [4, 4, 8, 8], [0, 0, 4, 4]], float)
+    box_best, mask_best = dg.candidate_overlaps(record, boxes, masks, [1, 1, 1, 3])
+    # itself; half of A1 (8 of 16 pixels); B1 but labelled 1 (A1, its class, is disjoint); a class absent
+    np.testing.assert_allclose(box_best, [1.0, 0.5, 0.0, 0.0])
+    np.testing.assert_allclose(mask_best, [1.0, 0.5, 0.0, 0.0])
+    assert [len(v) for v in dg.candidate_overlaps(record, np.zeros((0, 4)), np.zeros((0, 8, 8), bool), [])] == [0, 0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from wsis.data.synthetic import make_scenes
-from wsis.masks import box_iou
+from wsis.eval.diagnosis import candidate_overlaps
 from wsis.methods.labelpenet.data import SupervisionStore
 
 wd, module = Path(sys.argv[1]), sys.argv[2]
@@ -23,19 +23,16 @@ rows = []
 objects = 0
 for r in train:
     c = store.load(r.image_id)
-    gt_boxes, gt_labels, gt_masks = np.asarray(r.gt.boxes), np.asarray(r.gt.labels), r.gt.mask_array()
-    objects += len(gt_labels)
+    objects += len(r.gt.labels)
+    class_ids = [cat[k] for k in c.labels]
+    box_ious, mask_ious = candidate_overlaps(r, c.boxes, c.masks, class_ids)
     for k in range(len(c)):
-        same = gt_labels == cat[c.labels[k]]
-        biou = box_iou(c.boxes[k:k + 1], gt_boxes[same])[0] if same.any() else np.zeros(0)
         m = c.masks[k]
-        miou = [float((m & g).sum() / max((m | g).sum(), 1)) for g in gt_masks[same]]
         x0, y0, x1, y1 = np.round(c.boxes[k]).astype(int)
         box_pixels = max(x1 - x0, 0) * max(y1 - y0, 0)
-        rows.append({"image": r.image_id, "hit": bool(len(biou) and biou.max() >= 0.5),
-                     "box_iou": float(biou.max()) if len(biou) else 0.0, "mask_iou": max(miou, default=0.0),
-                     "weight": float(c.weights[k]), "area": int(m.sum()), "mask_is_box": int(m.sum()) == box_pixels,
-                     "tagged": bool(same.any())})
+        rows.append({"image": r.image_id, "hit": bool(box_ious[k] >= 0.5), "box_iou": float(box_ious[k]),
+                     "mask_iou": float(mask_ious[k]), "weight": float(c.weights[k]), "area": int(m.sum()),
+                     "mask_is_box": int(m.sum()) == box_pixels, "tagged": bool(class_ids[k] in r.gt.labels)})
 hits = [x for x in rows if x["hit"]]
 miss = [x for x in rows if not x["hit"]]
 res = {"module": module, "images": len(train), "objects": objects, "instances": len(rows),

@@ -91,6 +91,21 @@ def instances(record: ImageRecord) -> tuple[list[RLE], np.ndarray]:
     return [m for m, k in zip(rles, keep) if k], gt.labels[keep]
 
 
+def candidate_overlaps(record: ImageRecord, boxes: np.ndarray, masks: np.ndarray,
+                       class_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate (xyxy box, (H, W) mask at the image's size, category id), the best box IoU and
+    the best mask IoU with a ground-truth instance of its class in ``record`` (crowd ones included), 0
+    where the image has none: how right a pseudo label (or any instance) is."""
+    n = len(class_ids)
+    gt = record.gt
+    if n == 0 or gt is None or len(gt) == 0:
+        return np.zeros(n), np.zeros(n)
+    same = np.asarray(class_ids)[:, None] == np.asarray(gt.labels)[None]
+    box_iou = mask_ops.box_iou(np.asarray(boxes, float).reshape(-1, 4), np.asarray(gt.boxes, float).reshape(-1, 4))
+    mask_iou = mask_ops.iou(mask_ops.encode_many(np.asarray(masks, bool)), gt.rles())
+    return np.where(same, box_iou, 0.0).max(axis=1), np.where(same, mask_iou, 0.0).max(axis=1)
+
+
 def predicted_instance_mask(record: ImageRecord, preds: Mapping[int, Instances]) -> np.ndarray:
     """Per non-crowd instance of ``record``: whether ``preds`` has a prediction of its class in the image
     (pass the thresholded predictions)."""

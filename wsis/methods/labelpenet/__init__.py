@@ -198,7 +198,7 @@ def fit(records: RecordSet, config: str | Path | None = None, overrides: Sequenc
 
     fb = cfg.schedule.forward_backward
     fb_length = schedule_length(fb, "schedule.forward_backward")
-    if next(iter(fb_length.values())) > 0:
+    if _trains(fb, "schedule.forward_backward"):
         if cfg.model.train_backbone_curriculum:
             unfreeze_backbone(net)
         supervision = {m: stores[MODULES[i - 1]] for i, m in enumerate(MODULES) if i}

@@ -32,7 +32,7 @@ from torch import nn
 from wsis.cues.crf import dense_crf
 from wsis.cues.excitation import excitation_maps
 from wsis.masks import resize_nonempty
-from wsis.methods.labelpenet.calibration import Candidates, calibrate
+from wsis.methods.labelpenet.calibration import Candidates, box_mask, calibrate
 from wsis.methods.labelpenet.config import LabelPENetConfig
 from wsis.methods.labelpenet.data import image_tensor, resize_shorter
 from wsis.methods.labelpenet.model import LabelPENet, classification_scores
@@ -156,10 +156,9 @@ def label_image(net: LabelPENet, module: str, image: np.ndarray, tags: np.ndarra
 # ---------------------------------------------------------------- test-time predictions
 
 def _box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    masks = np.zeros((len(boxes), height, width), bool)
-    for m, (x0, y0, x1, y1) in zip(masks, np.round(boxes).astype(int)):
-        m[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
-    return masks
+    if len(boxes) == 0:
+        return np.zeros((0, height, width), bool)
+    return np.stack([box_mask(b, height, width) for b in boxes])
 
 
 def crf_masks(image: np.ndarray, probs: np.ndarray, cfg: LabelPENetConfig) -> np.ndarray:
